@@ -1,0 +1,1 @@
+"""Networks. Modules named *_arch.py register themselves with ARCH_REGISTRY."""

@@ -1,0 +1,123 @@
+"""EDSR (Lim et al., 2017) with BasicSR state-dict key names."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from archs.arch_blocks import PixelShuffleUpsampler, check_scale, conv3x3
+from utils.registry import ARCH_REGISTRY
+
+
+class ResidualBlockNoBN(nn.Module):
+    """conv-ReLU-conv with the branch scaled by ``res_scale`` before the skip."""
+
+    def __init__(self, num_feat: int, res_scale: float = 1.0) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(num_feat, num_feat)
+        self.conv2 = conv3x3(num_feat, num_feat)
+        self.relu = nn.ReLU(inplace=True)
+        self.res_scale = res_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.res_scale * self.conv2(self.relu(self.conv1(x)))
+
+
+def _band_mean(rgb_mean: Sequence[float], num_ch: int, what: str) -> torch.Tensor:
+    """The per-band mean as a (1, C, 1, 1) tensor.
+
+    ``rgb_mean`` must have one value per band, or exactly three (the RGB default): then bands
+    past the third get mean 0 (e.g. NIR in RGB-NIR) and 1- or 2-band images use the first values.
+    """
+    values = [float(v) for v in rgb_mean]
+    if len(values) != num_ch:
+        if len(values) != 3:
+            raise ValueError(
+                f"EDSR: rgb_mean has {len(values)} values but {what}={num_ch}; give one value per "
+                "band or the 3-value RGB mean"
+            )
+        values = (values + [0.0] * num_ch)[:num_ch]
+    return torch.tensor(values, dtype=torch.float32).view(1, num_ch, 1, 1)
+
+
+@ARCH_REGISTRY.register()
+class EDSR(nn.Module):
+    """Enhanced Deep Residual network for SR.
+
+    Input is shifted by the dataset mean and multiplied by ``img_range`` (BasicSR convention);
+    the mean lives in non-persistent buffers so checkpoints carry only BasicSR's keys.
+    ``residual_output`` adds the nearest-upsampled input outside the network (no parameters),
+    so weights trained without it load unchanged. Baseline: 16x64; EDSR-L: 32x256, res_scale 0.1.
+    """
+
+    valid_scales: ClassVar[tuple[int, ...]] = (2, 3, 4)
+    test_kwargs: ClassVar[dict] = {"num_feat": 8, "num_block": 2}
+
+    def __init__(
+        self,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        num_feat: int = 64,
+        num_block: int = 16,
+        scale: int = 4,
+        res_scale: float = 1.0,
+        img_range: float = 255.0,
+        rgb_mean: Sequence[float] = (0.4488, 0.4371, 0.4040),
+        residual_output: bool = False,
+    ) -> None:
+        super().__init__()
+        check_scale("EDSR", scale, self.valid_scales)
+        if residual_output and num_in_ch != num_out_ch:
+            raise ValueError(
+                f"EDSR: residual_output needs num_in_ch == num_out_ch (got {num_in_ch} and {num_out_ch})"
+            )
+        self.scale = scale
+        self.img_range = img_range
+        self.residual_output = residual_output
+        self.register_buffer("mean_in", _band_mean(rgb_mean, num_in_ch, "num_in_ch"), persistent=False)
+        self.register_buffer("mean_out", _band_mean(rgb_mean, num_out_ch, "num_out_ch"), persistent=False)
+
+        self.conv_first = conv3x3(num_in_ch, num_feat)
+        self.body = nn.Sequential(*[ResidualBlockNoBN(num_feat, res_scale) for _ in range(num_block)])
+        self.conv_after_body = conv3x3(num_feat, num_feat)
+        self.upsample = PixelShuffleUpsampler(scale, num_feat)
+        self.conv_last = conv3x3(num_feat, num_out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.conv_first((x - self.mean_in) * self.img_range)
+        feat = feat + self.conv_after_body(self.body(feat))
+        out = self.conv_last(self.upsample(feat)) / self.img_range + self.mean_out
+        if self.residual_output:
+            out = out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+        return out
+
+    @classmethod
+    def adapt_state_dict(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Rename original EDSR-PyTorch keys to BasicSR's; drop MeanShift weights and buffers.
+
+        EDSR-PyTorch: ``head.0`` → ``conv_first``, ``body.N.body.0/2`` → ``body.N.conv1/conv2``,
+        the plain conv closing ``body`` (``body.{num_block}``) → ``conv_after_body``,
+        ``tail.0.K`` → ``upsample.K``, ``tail.1`` → ``conv_last``. BasicSR names pass unchanged.
+        """
+        out = {}
+        for key, value in sd.items():
+            if key.split(".")[0] in ("sub_mean", "add_mean", "mean", "mean_in", "mean_out"):
+                continue
+            new = key
+            if key.startswith("head.0."):
+                new = "conv_first." + key[len("head.0."):]
+            elif m := re.fullmatch(r"body\.(\d+)\.body\.([02])\.(weight|bias)", key):
+                new = f"body.{m[1]}.conv{1 if m[2] == '0' else 2}.{m[3]}"
+            elif m := re.fullmatch(r"body\.(\d+)\.(weight|bias)", key):
+                new = f"conv_after_body.{m[2]}"
+            elif m := re.fullmatch(r"tail\.0\.(\d+)\.(weight|bias)", key):
+                new = f"upsample.{m[1]}.{m[2]}"
+            elif key.startswith("tail.1."):
+                new = "conv_last." + key[len("tail.1."):]
+            out[new] = value
+        return out

@@ -1,0 +1,49 @@
+"""HR-only folder: the LR input is made on the fly with MATLAB-style bicubic downscaling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from data.image_io import list_images, read_image
+from data.imresize import imresize
+from data.paired_image_dataset import SRImageDatasetBase
+from data.transforms import augment, mod_crop, random_crop
+from utils.registry import DATASET_REGISTRY
+
+
+@DATASET_REGISTRY.register()
+class HRImageDataset(SRImageDatasetBase):
+    """GT images only; lq = bicubic(gt, 1/scale), clipped to [0, 1].
+
+    Training: a random ``gt_size`` patch plus flips/rotations, then downscaled.
+    Validation/test: the whole image mod-cropped to a multiple of ``scale``, then downscaled.
+    ``lq_path`` is the gt file's path (there is no LR file).
+    """
+
+    def __init__(
+        self,
+        dataroot_gt: str,
+        scale: int = 4,
+        phase: str = "train",
+        gt_size: int | None = None,
+        use_hflip: bool = True,
+        use_rot: bool = True,
+    ) -> None:
+        super().__init__(scale, phase, gt_size, use_hflip, use_rot)
+        self.dataroot_gt = dataroot_gt
+        self.gt_paths = list_images(dataroot_gt)
+
+    def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
+        gt_path = self.gt_paths[index]
+        gt = read_image(gt_path)
+        if rng is not None:
+            gt = random_crop(gt, self.gt_size, rng, gt_path)
+            gt = augment([gt], self.use_hflip, self.use_rot, rng)[0]
+        else:
+            gt = mod_crop(gt, self.scale)
+            if gt.shape[0] == 0 or gt.shape[1] == 0:
+                raise ValueError(f"image '{gt_path}' is smaller than scale {self.scale}")
+        lq = np.clip(imresize(gt, 1.0 / self.scale), 0.0, 1.0)
+        return gt, lq, gt_path, gt_path

@@ -1,0 +1,176 @@
+"""Paired GT/LQ image folders (the BasicSR ``PairedImageDataset``) and the shared dataset base."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.image_io import ImageReadError, img2tensor, list_images, read_image
+from data.transforms import augment, mod_crop, paired_random_crop
+from utils.registry import DATASET_REGISTRY
+
+logger = logging.getLogger("upforge")
+
+PHASES = ("train", "val", "test")
+
+
+class SRImageDatasetBase(Dataset):
+    """What every SR image dataset shares: option checks, per-sample RNG, skipping bad files.
+
+    Subclasses fill ``self.gt_paths`` and implement ``load(index, rng)``, which returns
+    ``(gt, lq, gt_path, lq_path)`` as HWC float32 arrays; ``rng`` is None outside training.
+    In training, crops and flips come from a per-sample seed: the one given with the index
+    (``dataset[(index, seed)]``, as ``ResumableSampler`` yields) or else one drawn from torch's RNG.
+    """
+
+    def __init__(self, scale: int, phase: str, gt_size: int | None, use_hflip: bool, use_rot: bool) -> None:
+        name = type(self).__name__
+        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+            raise ValueError(f"{name}: scale must be a positive integer, got {scale!r}")
+        if phase not in PHASES:
+            raise ValueError(f"{name}: phase must be one of {', '.join(PHASES)}, got {phase!r}")
+        if phase == "train":
+            if gt_size is None:
+                raise ValueError(f"{name}: gt_size is required when phase is 'train'")
+            if isinstance(gt_size, bool) or not isinstance(gt_size, int) or gt_size < 1:
+                raise ValueError(f"{name}: gt_size must be a positive integer, got {gt_size!r}")
+            if gt_size % scale != 0:
+                raise ValueError(f"{name}: gt_size {gt_size} is not a multiple of scale {scale}")
+        self.scale = scale
+        self.phase = phase
+        self.gt_size = gt_size
+        self.use_hflip = use_hflip
+        self.use_rot = use_rot
+        self.gt_paths: list[Path] = []
+        # Per process: each DataLoader worker keeps its own count and list.
+        self.num_skipped = 0
+        self._unreadable: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.gt_paths)
+
+    def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
+        raise NotImplementedError
+
+    def _sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+        gt, lq, gt_path, lq_path = self.load(index, rng)
+        return {"lq": img2tensor(lq), "gt": img2tensor(gt), "lq_path": str(lq_path), "gt_path": str(gt_path)}
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        """``item`` is an index, or an ``(index, sample_seed)`` pair from a seeding sampler."""
+        if isinstance(item, (tuple, list)):
+            index, seed = int(item[0]), int(item[1])
+        else:
+            index, seed = int(item), None
+        n = len(self)
+        if not 0 <= index < n:
+            raise IndexError(f"{type(self).__name__}: index {index} out of range for {n} images")
+        if self.phase != "train":
+            return self._sample(index, None)
+
+        if seed is None:
+            # Seeded from torch's RNG so torch.manual_seed and DataLoader worker seeding decide
+            # every crop and flip, which makes runs (and resumes) reproducible.
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        rng = np.random.default_rng(seed)
+        for step in range(n):
+            i = (index + step) % n
+            if i in self._unreadable:
+                continue
+            try:
+                return self._sample(i, rng)
+            except ImageReadError as err:
+                self._unreadable.add(i)
+                self.num_skipped += 1
+                logger.warning("skipping unreadable training image: %s", err)
+        raise RuntimeError(
+            f"{type(self).__name__}: none of the {n} training images could be read "
+            f"(first: '{self.gt_paths[0]}'); see the warnings above for the reasons"
+        )
+
+
+def align_pair(gt: np.ndarray, lq: np.ndarray, scale: int, gt_path: Path, lq_path: Path) -> np.ndarray:
+    """Mod-crop ``gt`` so its size is exactly ``scale`` x lq's; error if they cannot match."""
+    h_lq, w_lq = lq.shape[:2]
+    h_gt, w_gt = gt.shape[:2]
+    if h_gt // scale != h_lq or w_gt // scale != w_lq:
+        raise ValueError(
+            f"size mismatch at scale {scale}: gt '{gt_path}' is {h_gt}x{w_gt} (HxW) but lq "
+            f"'{lq_path}' is {h_lq}x{w_lq}; gt should be {h_lq * scale}x{w_lq * scale} "
+            f"(or up to {scale - 1} pixels larger before mod-crop)"
+        )
+    return mod_crop(gt, scale)
+
+
+def match_lq_files(
+    gt_paths: list[Path], lq_paths: list[Path], filename_tmpl: str, scale: int, lq_root: str | Path
+) -> list[Path]:
+    """For every gt file, the lq file named ``filename_tmpl.format(stem)`` or ``<stem>x<scale>``."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in lq_paths:
+        by_stem.setdefault(p.stem, []).append(p)
+    matched: list[Path] = []
+    missing: list[str] = []
+    for gt in gt_paths:
+        candidates = dict.fromkeys([filename_tmpl.format(gt.stem), f"{gt.stem}x{scale}"])
+        found = [p for c in candidates for p in by_stem.get(c, [])]
+        if not found:
+            missing.append(gt.name)
+        elif len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise ValueError(f"gt '{gt}' matches several lq files in '{lq_root}': {names}")
+        else:
+            matched.append(found[0])
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(gt_paths)} gt images have no lq counterpart in '{lq_root}' "
+            f"(looked for '{filename_tmpl}'.format(stem) and '<stem>x{scale}'): {shown}"
+        )
+    return matched
+
+
+@DATASET_REGISTRY.register()
+class PairedImageDataset(SRImageDatasetBase):
+    """GT and LQ folders whose files pair up by name.
+
+    Training: a random scale-aligned ``gt_size`` patch plus flips/rotations.
+    Validation/test: whole images, gt mod-cropped to exactly ``scale`` x lq.
+    """
+
+    def __init__(
+        self,
+        dataroot_gt: str,
+        dataroot_lq: str,
+        scale: int = 4,
+        phase: str = "train",
+        gt_size: int | None = None,
+        use_hflip: bool = True,
+        use_rot: bool = True,
+        filename_tmpl: str = "{}",
+    ) -> None:
+        super().__init__(scale, phase, gt_size, use_hflip, use_rot)
+        if "{}" not in filename_tmpl:
+            raise ValueError(f"PairedImageDataset: filename_tmpl {filename_tmpl!r} must contain '{{}}'")
+        self.dataroot_gt = dataroot_gt
+        self.dataroot_lq = dataroot_lq
+        self.filename_tmpl = filename_tmpl
+        self.gt_paths = list_images(dataroot_gt)
+        self.lq_paths = match_lq_files(
+            self.gt_paths, list_images(dataroot_lq), filename_tmpl, scale, dataroot_lq
+        )
+
+    def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
+        gt_path, lq_path = self.gt_paths[index], self.lq_paths[index]
+        gt = read_image(gt_path)
+        lq = read_image(lq_path)
+        gt = align_pair(gt, lq, self.scale, gt_path, lq_path)
+        if rng is not None:
+            gt, lq = paired_random_crop(gt, lq, self.gt_size, self.scale, rng, gt_path)
+            gt, lq = augment([gt, lq], self.use_hflip, self.use_rot, rng)
+        return gt, lq, gt_path, lq_path

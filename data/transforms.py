@@ -1,0 +1,86 @@
+"""Crops and flips for HWC numpy images; randomness always comes from a generator passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _name(path: str | Path | None) -> str:
+    return f" ('{path}')" if path is not None else ""
+
+
+def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
+    """Crop the bottom/right edges so height and width are multiples of ``scale``."""
+    if scale < 1:
+        raise ValueError(f"mod_crop: scale must be >= 1, got {scale}")
+    h, w = img.shape[:2]
+    return img[: h - h % scale, : w - w % scale]
+
+
+def random_crop(
+    img: np.ndarray, size: int, rng: np.random.Generator, path: str | Path | None = None
+) -> np.ndarray:
+    """A random ``size`` x ``size`` patch of ``img``."""
+    h, w = img.shape[:2]
+    if h < size or w < size:
+        raise ValueError(f"image{_name(path)} is {h}x{w} (HxW), smaller than the {size}x{size} patch")
+    y = int(rng.integers(0, h - size + 1))
+    x = int(rng.integers(0, w - size + 1))
+    return img[y : y + size, x : x + size]
+
+
+def paired_random_crop(
+    gt: np.ndarray,
+    lq: np.ndarray,
+    gt_size: int,
+    scale: int,
+    rng: np.random.Generator,
+    gt_path: str | Path | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop an aligned pair: lq patch at (y, x), gt patch at (y * scale, x * scale)."""
+    if gt_size % scale != 0:
+        raise ValueError(f"gt_size {gt_size} is not a multiple of scale {scale}")
+    lq_size = gt_size // scale
+    h_lq, w_lq = lq.shape[:2]
+    h_gt, w_gt = gt.shape[:2]
+    if (h_gt, w_gt) != (h_lq * scale, w_lq * scale):
+        raise ValueError(
+            f"gt{_name(gt_path)} is {h_gt}x{w_gt} but lq is {h_lq}x{w_lq}; "
+            f"with scale {scale} gt should be {h_lq * scale}x{w_lq * scale}"
+        )
+    if h_lq < lq_size or w_lq < lq_size:
+        raise ValueError(
+            f"lq image of{_name(gt_path)} is {h_lq}x{w_lq}, smaller than the {lq_size}x{lq_size} "
+            f"patch (gt_size {gt_size} / scale {scale})"
+        )
+    y = int(rng.integers(0, h_lq - lq_size + 1))
+    x = int(rng.integers(0, w_lq - lq_size + 1))
+    lq_patch = lq[y : y + lq_size, x : x + lq_size]
+    gt_patch = gt[y * scale : y * scale + gt_size, x * scale : x * scale + gt_size]
+    return gt_patch, lq_patch
+
+
+def augment(imgs: list[np.ndarray], hflip: bool, rot: bool, rng: np.random.Generator) -> list[np.ndarray]:
+    """Apply one random draw of h-flip, v-flip and transpose to every image alike.
+
+    As in BasicSR, ``rot`` enables the vertical flip and the transpose (together they give all
+    90-degree rotations). Three random numbers are drawn on every call, so the generator
+    advances the same way whatever the flags are.
+    """
+    draws = rng.random(3)
+    do_h = hflip and draws[0] < 0.5
+    do_v = rot and draws[1] < 0.5
+    do_t = rot and draws[2] < 0.5
+
+    def apply(img: np.ndarray) -> np.ndarray:
+        if do_h:
+            img = img[:, ::-1]
+        if do_v:
+            img = img[::-1]
+        if do_t:
+            img = img.swapaxes(0, 1)
+        return np.ascontiguousarray(img)
+
+    return [apply(img) for img in imgs]

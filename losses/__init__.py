@@ -1,0 +1,1 @@
+"""Losses. Modules named *_loss.py register themselves with LOSS_REGISTRY."""

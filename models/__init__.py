@@ -1,0 +1,1 @@
+"""Training runners. Modules named *_model.py register with MODEL_REGISTRY."""

@@ -1,0 +1,104 @@
+"""Evaluate one or more trained models on one or more test sets.
+
+    python test.py -opt options/test/X.yml [-o key.path=value ...]
+
+Writes the upscaled images and ``metrics.json`` to ``<results_root>/<name>/`` and prints a table.
+From Python: ``from models.evaluation import evaluate; evaluate("options/test/X.yml")``.
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils import dist
+from utils.device import select_device
+from utils.logger import metrics_table, print_table, setup_logger
+from utils.options import OptionsError, load_options
+
+
+def evaluate(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Returns ``{model: {dataset: {metric: {"mean": float, "per_image": {name: float}}}}}``."""
+    from data.data_loader import build_dataloader
+    from models.base_model import build_network
+    from models.sr_model import SRModel
+    from utils.registry import DATASET_REGISTRY
+    from utils.weights import load_network
+
+    opt = load_options(opt_path, overrides)
+    problems = []
+    if not opt.path.pretrain_network_g and not opt.models:
+        problems.append(("path.pretrain_network_g", "a test file needs weights to evaluate (or a models: list)"))
+    if not any(k != "train" for k in opt.datasets):
+        problems.append(("datasets", "a test file needs at least one test_* or val_* dataset"))
+    if opt.val is None or not opt.val.metrics:
+        problems.append(("val.metrics", "name at least one metric, e.g. psnr: {type: calculate_psnr}"))
+    if problems:
+        raise OptionsError(opt.source, problems)
+
+    device = select_device(opt.device)
+    out_dir = Path(opt.path.results_root) / opt.name
+    log = setup_logger(out_dir / "test.log")
+    runner = SRModel(opt, device)
+
+    candidates: list[tuple[str, Any]] = []
+    if opt.path.pretrain_network_g:
+        candidates.append((opt.network_g["type"], runner.net_g))
+    for entry in opt.models:
+        net = build_network(entry.network_g or opt.network_g).to(device)
+        report = load_network(net, entry.path, strict=entry.strict_load, param_key=entry.param_key)
+        log.info(f"model {entry.name}: loaded {entry.path}: {report.summary()}")
+        candidates.append((entry.name, net.eval()))
+
+    loaders = {}
+    loader_keys = {"name", "batch_size_per_gpu", "num_worker_per_gpu", "pin_memory", "persistent_workers",
+                   "prefetch_mode", "dataset_enlarge_ratio"}
+    for key, ds_opt in opt.datasets.items():
+        if key == "train":
+            continue
+        kwargs = {k: v for k, v in ds_opt.items() if k not in loader_keys and k != "type"}
+        dataset = DATASET_REGISTRY.get(ds_opt["type"])(**kwargs)
+        loaders[ds_opt.get("name") or key] = build_dataloader(dataset, "val", 1, 0, pin_memory=False,
+                                                              persistent_workers=False)
+
+    results: dict[str, Any] = {}
+    table_rows: dict[str, dict[str, float]] = {}
+    for model_name, net in candidates:
+        results[model_name] = {}
+        for ds_name, loader in loaders.items():
+            save_dir = out_dir / model_name / ds_name if opt.val.save_img else None
+            means, rows = runner.validate(loader, ds_name, 0, save_dir=save_dir, net=net)
+            results[model_name][ds_name] = {
+                metric: {"mean": means[metric], "per_image": {r["name"]: r[metric] for r in rows}}
+                for metric in means
+            }
+            table_rows[f"{model_name} / {ds_name}"] = means
+            log.info(f"{model_name} on {ds_name}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+    if dist.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print_table(metrics_table(opt.name, table_rows))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Evaluate super-resolution models from an option file.")
+    parser.add_argument("-opt", "--opt", required=True, help="path to the test option YAML file")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override an option (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        with torch.inference_mode():
+            evaluate(args.opt, args.override)
+    except (OptionsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+

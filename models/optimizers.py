@@ -1,0 +1,50 @@
+"""Optimisers that option files name in ``train.optim_g``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from utils.registry import OPTIMIZER_REGISTRY
+
+
+def _fused_ok(params: list) -> bool:
+    tensors = [p for group in params for p in group["params"]] if isinstance(params[0], dict) else params
+    return all(t.is_cuda for t in tensors)
+
+
+def _build(cls: type, params: Iterable, fused: bool | None, **kwargs) -> torch.optim.Optimizer:
+    params = list(params)
+    # fused kernels run the whole update in a few launches; they need every tensor on CUDA.
+    if fused is None:
+        fused = _fused_ok(params)
+    if fused:
+        return cls(params, fused=True, **kwargs)
+    return cls(params, foreach=True, **kwargs)
+
+
+@OPTIMIZER_REGISTRY.register()
+def Adam(
+    params: Iterable,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.99),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    fused: bool | None = None,
+) -> torch.optim.Optimizer:
+    """Adam; ``fused`` defaults to the fused CUDA kernel when every parameter is on CUDA."""
+    return _build(torch.optim.Adam, params, fused, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+@OPTIMIZER_REGISTRY.register()
+def AdamW(
+    params: Iterable,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.99),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    fused: bool | None = None,
+) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay."""
+    return _build(torch.optim.AdamW, params, fused, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -1,0 +1,1 @@
+"""Shared utilities: registry, options, logging, checkpoints, metrics."""

@@ -1,0 +1,65 @@
+"""Exponential moving average of a network's parameters and buffers."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from utils.weights import unwrap_model
+
+
+class ModelEMA:
+    """Keeps ``ema = d * ema + (1 - d) * live`` after every optimiser step.
+
+    Before ``update_after`` steps the EMA simply copies the live weights. With ``warmup`` the
+    decay grows as ``min(d, (1 + n) / (10 + n))`` (n = averaged steps), so early, poor weights
+    fade fast. Integer buffers (e.g. BatchNorm's counter) are copied, float buffers averaged.
+    """
+
+    def __init__(self, net: nn.Module, decay: float, update_after: int = 0, warmup: bool = False) -> None:
+        self.decay = decay
+        self.update_after = update_after
+        self.warmup = warmup
+        self.num_updates = 0
+        self.module = copy.deepcopy(unwrap_model(net)).eval()
+        self.module.requires_grad_(False)
+
+    def _pairs(self, net: nn.Module) -> tuple[list, list, list, list]:
+        live = unwrap_model(net)
+        ema_f, live_f, ema_o, live_o = [], [], [], []
+        for (_, e), (_, x) in zip(self.module.named_parameters(), live.named_parameters(), strict=True):
+            ema_f.append(e)
+            live_f.append(x.detach())
+        for (_, e), (_, x) in zip(self.module.named_buffers(), live.named_buffers(), strict=True):
+            (ema_f if e.is_floating_point() else ema_o).append(e)
+            (live_f if e.is_floating_point() else live_o).append(x.detach())
+        return ema_f, live_f, ema_o, live_o
+
+    def current_decay(self, step: int) -> float:
+        if step < self.update_after:
+            return 0.0
+        if self.warmup:
+            n = self.num_updates
+            return min(self.decay, (1 + n) / (10 + n))
+        return self.decay
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, step: int) -> None:
+        decay = self.current_decay(step)
+        ema_f, live_f, ema_o, live_o = self._pairs(net)
+        if decay == 0.0:
+            torch._foreach_copy_(ema_f, live_f)
+        else:
+            torch._foreach_lerp_(ema_f, live_f, 1.0 - decay)
+            self.num_updates += 1
+        if ema_o:
+            torch._foreach_copy_(ema_o, live_o)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "num_updates": self.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.num_updates = int(state["num_updates"])

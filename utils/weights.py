@@ -1,0 +1,267 @@
+"""Reading, cleaning, saving and loading network weights."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap_model(net: nn.Module) -> nn.Module:
+    """Strip DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(net, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            net = net.module
+        elif hasattr(net, "_orig_mod"):
+            net = net._orig_mod
+        else:
+            return net
+
+
+def read_weights(path: str | Path) -> dict:
+    """Load a weights file: safetensors, or a torch pickle restricted to tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named
+        raise RuntimeError(f"cannot read weights from {path}: {err}") from err
+
+
+def unwrap_state_dict(obj: dict, param_key: str | None = "params") -> dict[str, torch.Tensor]:
+    """Pick the tensors out of a checkpoint dict and strip wrapper prefixes.
+
+    BasicSR files hold ``{'params': ..., 'params_ema': ...}``; ``param_key`` picks one, falling
+    back to the other keys commonly used by peers when it is absent.
+    """
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in (param_key, "params_ema", "params", "state_dict", "model", "net_g"):
+            if key and key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if k.startswith(prefix):
+                    k = k[len(prefix):]
+                    changed = True
+        out[k] = v
+    return out
+
+
+def clean_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the bare network, detached, contiguous and on the CPU."""
+    sd = unwrap_model(net).state_dict()
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+def atomic_write(path: str | Path, write_fn) -> None:
+    """Write through ``write_fn(tmp_path)`` and rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write_fn(str(tmp))
+    os.replace(tmp, path)
+
+
+def save_network(net: nn.Module | dict, path: str | Path) -> None:
+    """Save weights; ``.safetensors`` by default, ``.pth`` holds a plain ``{'params': ...}``."""
+    sd = net if isinstance(net, dict) else clean_state_dict(net)
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        atomic_write(path, lambda p: save_file(sd, p))
+    else:
+        atomic_write(path, lambda p: torch.save({"params": sd}, p))
+
+
+@dataclass
+class LoadReport:
+    """What ``load_network`` did: keys loaded, missing (new in the net), unexpected (dropped),
+    mismatched in shape, ignored by the arch's key adaptation, and renamed (old → new)."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loaded)} loaded"]
+        if self.renamed:
+            parts.append(f"{len(self.renamed)} renamed")
+        for name in ("missing", "unexpected", "mismatched", "ignored"):
+            keys = getattr(self, name)
+            if keys:
+                shown = ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
+                parts.append(f"{len(keys)} {name} ({shown})")
+        return "; ".join(parts)
+
+
+def adapt_state_dict(net: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply the arch's optional ``adapt_state_dict(sd) -> sd`` classmethod (key renaming)."""
+    hook = getattr(type(unwrap_model(net)), "adapt_state_dict", None)
+    return dict(hook(sd)) if callable(hook) else sd
+
+
+def load_network(
+    net: nn.Module,
+    path: str | Path | Mapping,
+    strict: bool = True,
+    param_key: str | None = "params",
+    adapt: bool = True,
+) -> LoadReport:
+    """Load weights into ``net`` and report which keys loaded, were missing or unexpected.
+
+    ``path`` is a weights file or an already loaded checkpoint / state dict. Wrapper prefixes
+    (``module.``, ``_orig_mod.``) and ``params`` / ``params_ema`` containers are unwrapped; with
+    ``adapt`` the arch's ``adapt_state_dict`` hook renames foreign key names (e.g. EDSR-PyTorch's
+    ``head.0``) and drops keys it knows to be irrelevant (reported as ``ignored``). ``strict``
+    raises on any missing, unexpected or shape-mismatched key, naming them; otherwise the
+    matching keys load and the rest are reported.
+    """
+    source = "state dict" if isinstance(path, Mapping) else str(path)
+    raw = dict(path) if isinstance(path, Mapping) else read_weights(path)
+    sd = unwrap_state_dict(raw, param_key)
+    target = unwrap_model(net)
+    report = LoadReport()
+    if adapt:
+        adapted = adapt_state_dict(target, sd)
+        new_name = {id(v): k for k, v in adapted.items()}
+        for k, v in sd.items():
+            if id(v) not in new_name:
+                report.ignored.append(k)
+            elif new_name[id(v)] != k:
+                report.renamed[k] = new_name[id(v)]
+        sd = adapted
+    own = target.state_dict()
+    usable = {}
+    for k, v in sd.items():
+        if k not in own:
+            report.unexpected.append(k)
+        elif own[k].shape != v.shape:
+            report.mismatched.append(f"{k} {tuple(v.shape)}→{tuple(own[k].shape)}")
+        else:
+            usable[k] = v.to(own[k].dtype)
+            report.loaded.append(k)
+    report.missing = [k for k in own if k not in sd]
+    if strict and (report.missing or report.unexpected or report.mismatched):
+        raise RuntimeError(
+            f"strict load of {source} into {type(target).__name__} failed: {report.summary()}"
+        )
+    target.load_state_dict(usable, strict=False)
+    return report
+
+
+def _conv_shape(sd: dict[str, torch.Tensor], key: str) -> tuple[int, int]:
+    w = sd[key]
+    if w.dim() != 4:
+        raise ValueError(f"infer_arch: '{key}' should be a conv weight, got shape {tuple(w.shape)}")
+    return int(w.shape[0]), int(w.shape[1])
+
+
+def _count_indexed(sd: dict[str, torch.Tensor], pattern: str) -> int:
+    """1 + the largest N over keys matching ``pattern`` (with one ``(\\d+)`` group), else 0."""
+    found = [int(m[1]) for k in sd if (m := re.fullmatch(pattern, k))]
+    return max(found) + 1 if found else 0
+
+
+def _infer_rrdbnet(sd: dict[str, torch.Tensor], scale: int | None) -> tuple[str, dict]:
+    if "conv_up2.weight" not in sd:
+        raise ValueError(
+            "infer_arch: RRDBNet-like weights without conv_up2 (a single upsampling stage) are not "
+            "supported; upforge's RRDBNet always has conv_up1 and conv_up2"
+        )
+    num_feat, first_in = _conv_shape(sd, "conv_first.weight")
+    num_out_ch = _conv_shape(sd, "conv_last.weight")[0]
+    num_grow_ch = _conv_shape(sd, "body.0.rdb1.conv1.weight")[0]
+    # conv_first sees num_in_ch * (4 // scale)^2 channels (pixel-unshuffle for x2 / x1).
+    options = {s: first_in // (4 // s) ** 2 for s in (4, 2, 1) if first_in % (4 // s) ** 2 == 0}
+    if scale is not None:
+        if scale not in options:
+            raise ValueError(
+                f"infer_arch: RRDBNet conv_first has {first_in} input channels, which does not fit "
+                f"scale {scale} (possible scales: {sorted(options)})"
+            )
+    else:
+        # Assume as many input as output bands; fall back to x4 (no unshuffle).
+        same = [s for s, c in options.items() if c == num_out_ch]
+        scale = same[0] if same else 4
+    kwargs = {
+        "num_in_ch": options[scale],
+        "num_out_ch": num_out_ch,
+        "scale": scale,
+        "num_feat": num_feat,
+        "num_block": _count_indexed(sd, r"body\.(\d+)\.rdb1\.conv1\.weight"),
+        "num_grow_ch": num_grow_ch,
+    }
+    return "RRDBNet", kwargs
+
+
+def _infer_edsr(sd: dict[str, torch.Tensor], scale: int | None) -> tuple[str, dict]:
+    num_feat, num_in_ch = _conv_shape(sd, "conv_first.weight")
+    num_out_ch = _conv_shape(sd, "conv_last.weight")[0]
+    stages = [k for k in sd if re.fullmatch(r"upsample\.\d+\.weight", k)]
+    first_out = _conv_shape(sd, "upsample.0.weight")[0]
+    if first_out == 9 * num_feat and len(stages) == 1:
+        inferred = 3
+    elif first_out == 4 * num_feat:
+        inferred = 2 ** len(stages)
+    else:
+        raise ValueError(
+            f"infer_arch: EDSR upsample.0 has {first_out} output channels; expected 4x or 9x "
+            f"num_feat ({num_feat})"
+        )
+    if scale is not None and scale != inferred:
+        raise ValueError(f"infer_arch: the EDSR weights upsample x{inferred}, but scale {scale} was asked")
+    kwargs = {
+        "num_in_ch": num_in_ch,
+        "num_out_ch": num_out_ch,
+        "num_feat": num_feat,
+        "num_block": _count_indexed(sd, r"body\.(\d+)\.conv1\.weight"),
+        "scale": inferred,
+    }
+    return "EDSR", kwargs
+
+
+def infer_arch(sd: Mapping, scale: int | None = None) -> tuple[str, dict]:
+    """Recognise RRDBNet or EDSR weights and return ``(arch_name, constructor kwargs)``.
+
+    ``sd`` may be a full checkpoint (wrappers are removed) and may use EDSR-PyTorch key names.
+    ``scale`` disambiguates RRDBNet files whose input bands differ from their output bands.
+    Options that leave no trace in the weights (EDSR ``res_scale``, ``rgb_mean``,
+    ``residual_output``) keep their defaults.
+    """
+    sd = unwrap_state_dict(dict(sd), "params_ema")
+    if "conv_first.weight" in sd and "body.0.rdb1.conv1.weight" in sd and "conv_body.weight" in sd:
+        return _infer_rrdbnet(sd, scale)
+    if "head.0.weight" in sd and "tail.1.weight" in sd:
+        from archs.edsr_arch import EDSR
+
+        sd = EDSR.adapt_state_dict(sd)
+    if "conv_first.weight" in sd and "conv_after_body.weight" in sd and "upsample.0.weight" in sd:
+        return _infer_edsr(sd, scale)
+    shown = ", ".join(list(sd)[:6]) + (" ..." if len(sd) > 6 else "")
+    raise ValueError(
+        f"infer_arch: cannot recognise the architecture (known: RRDBNet, EDSR); keys: {shown}. "
+        "Name the arch explicitly."
+    )
