@@ -85,7 +85,7 @@ def _prepare_experiment_dir(opt: Options, resuming: bool) -> Path:
 def _build_data(opt: Options, device: torch.device, seed: int) -> tuple[Any, dict[str, Any]]:
     from data.batch_stream import BatchStream
     from data.data_loader import build_dataloader
-    from data.resumable_sampler import ResumableSampler
+    from utils.logger import get_logger
     from utils.registry import DATASET_REGISTRY
 
     loader_keys = {"name", "batch_size_per_gpu", "num_worker_per_gpu", "pin_memory", "persistent_workers",
@@ -96,29 +96,34 @@ def _build_data(opt: Options, device: torch.device, seed: int) -> tuple[Any, dic
         dataset = DATASET_REGISTRY.get(ds_opt["type"])(**kwargs)
         name = ds_opt.get("name") or key
         if key == "train":
-            sampler = ResumableSampler(len(dataset), seed=seed, rank=dist.get_rank(),
-                                       world_size=dist.get_world_size(),
-                                       enlarge_ratio=ds_opt.get("dataset_enlarge_ratio", 1))
-            workers = ds_opt.get("num_worker_per_gpu", 4)
-            loader = torch.utils.data.DataLoader(
-                dataset,
-                batch_size=ds_opt.get("batch_size_per_gpu", 16),
-                sampler=sampler,
-                num_workers=workers,
+            loader = build_dataloader(
+                dataset, "train", ds_opt.get("batch_size_per_gpu", 16), ds_opt.get("num_worker_per_gpu", 4),
                 pin_memory=ds_opt.get("pin_memory", True) and device.type == "cuda",
-                persistent_workers=ds_opt.get("persistent_workers", True) and workers > 0,
-                drop_last=True,
-                prefetch_factor=4 if workers > 0 else None,
-            )
-            stream = BatchStream(loader, sampler, device, ds_opt.get("prefetch_mode"), opt.channels_last)
-            dataset_len = len(dataset)
-            from utils.logger import get_logger
-
-            get_logger().info(f"train set '{name}': {dataset_len} images, {len(loader)} batches per epoch per GPU")
+                persistent_workers=ds_opt.get("persistent_workers", True), seed=seed, rank=dist.get_rank(),
+                world_size=dist.get_world_size(), dataset_enlarge_ratio=ds_opt.get("dataset_enlarge_ratio", 1))
+            stream = BatchStream(loader, loader.sampler, device, ds_opt.get("prefetch_mode"), opt.channels_last)
+            get_logger().info(f"train set '{name}': {len(dataset)} images, {len(loader)} batches per epoch per GPU")
         else:
             val_loaders[name] = build_dataloader(dataset, "val", 1, 0, pin_memory=False,
                                                  persistent_workers=False)
     return stream, val_loaders
+
+
+def build_run(opt: Options, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
+    """Seed, then build the data and the runner exactly as a training run does."""
+    torch.manual_seed(opt.manual_seed)
+    stream, val_loaders = _build_data(opt, device, opt.manual_seed)
+    model = MODEL_REGISTRY.get(opt.model_type)(opt, device)
+    return model, stream, val_loaders
+
+
+def _check_replicas(model: Any) -> bool:
+    """Under DDP, confirm every rank ends with the same weights (a cheap fingerprint per tensor)."""
+    if not dist.is_dist():
+        return True
+    with torch.no_grad():
+        fingerprint = [float(p.double().sum()) for p in model.net_g.parameters()]
+    return all(f == fingerprint for f in dist.all_gather_objects(fingerprint))
 
 
 def _save(model: Any, exp: Path, iteration: int, stream: Any, keep_last: int) -> None:
@@ -177,9 +182,7 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
     log = setup_logger(exp / f"train_{time.strftime('%Y%m%d_%H%M%S')}.log", main=dist.is_main())
     log.info(f"upforge: {opt.name} on {device} (world size {world}), options {opt.source}")
 
-    torch.manual_seed(opt.manual_seed)
-    stream, val_loaders = _build_data(opt, device, opt.manual_seed)
-    model = MODEL_REGISTRY.get(opt.model_type)(opt, device)
+    model, stream, val_loaders = build_run(opt, device)
 
     start_iter = 0
     if resume_path is not None:
@@ -249,6 +252,12 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
         tb.close()
 
     results.update({"iter": iteration, "best": model.best, "experiment_dir": str(exp)})
+    if dist.is_dist():
+        same = _check_replicas(model)
+        results["replicas_identical"] = same
+        log.info(f"DDP: weights identical on all {dist.get_world_size()} ranks: {same}")
+        if not same:
+            log.error("DDP replicas diverged; the saved weights are rank 0's")
     if dist.is_main():
         rows = dict(results["baselines"])
         rows.update(results["metrics"])

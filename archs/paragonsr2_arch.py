@@ -48,7 +48,10 @@ class ParagonSR2(nn.Module):
     ``variant`` (``nano`` or ``s``, case-insensitive) fills every option left unset; options
     written explicitly override it. ``fast_body`` halves the number of groups and of blocks
     (at least 1 each). When ``num_out_ch != num_in_ch`` the base path maps bands with a fixed
-    matrix (see ``paragonsr2_blocks.base_channel_map``).
+    matrix (see ``paragonsr2_blocks.base_channel_map``). The base path always runs in float32.
+
+    YAML: ``network_g: {type: ParagonSR2, variant: nano}`` (``scale`` comes from the top level);
+    ``{type: ParagonSR2, variant: s, fast_body: true}`` for the 1x2-block S.
     """
 
     valid_scales: ClassVar[tuple[int, ...]] = (2, 3, 4, 8)

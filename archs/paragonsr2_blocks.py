@@ -27,7 +27,7 @@ def separable_filter(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
     c = x.shape[1]
     k = taps.numel()
     r = k // 2
-    taps = taps.to(dtype=x.dtype, device=x.device)
+    taps = taps.to(dtype=x.dtype)
     x = F.pad(x, (r, r, 0, 0), mode="replicate")
     x = F.conv2d(x, taps.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
     x = F.pad(x, (0, 0, r, r), mode="replicate")
@@ -73,14 +73,20 @@ class MagicKernelSharpUpsampler(nn.Module):
         self.register_buffer("channel_map", cmap, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channel_map is not None:
-            # The filters act per channel with identical taps, so mapping bands first is exact
-            # and filters only the bands that are kept.
-            x = torch.einsum("oi,nihw->nohw", self.channel_map.to(x.dtype), x)
-        if self.alpha > 0:
-            x = x + self.alpha * (separable_filter(x, self.sharpen) - x)
-        x = F.interpolate(x, scale_factor=self.scale, mode="nearest")
-        return separable_filter(x, self.blur)
+        dtype = x.dtype
+        # The base carries most of the output: keep it in float32 even under autocast, where
+        # bf16 would round every output pixel to 8 significant bits.
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            if self.channel_map is not None:
+                # The filters act per channel with identical taps, so mapping bands first is
+                # exact and filters only the bands that are kept.
+                x = torch.einsum("oi,nihw->nohw", self.channel_map.float(), x)
+            if self.alpha > 0:
+                x = x + self.alpha * (separable_filter(x, self.sharpen) - x)
+            x = F.interpolate(x, scale_factor=self.scale, mode="nearest")
+            x = separable_filter(x, self.blur)
+        return x.to(dtype)
 
 
 class InceptionDWConv(nn.Module):

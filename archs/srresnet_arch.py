@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal, get_args
 
 import torch
 from torch import nn
@@ -10,7 +10,8 @@ from torch import nn
 from archs.arch_blocks import RCAB, RRDB, PixelShuffleUpsampler, check_scale
 from utils.registry import ARCH_REGISTRY
 
-BLOCK_TYPES = ("standard", "res", "rcab", "rrdb")
+BlockType = Literal["standard", "res", "rcab", "rrdb"]
+BLOCK_TYPES: tuple[str, ...] = get_args(BlockType)
 
 
 class _ResBlock(nn.Module):
@@ -63,7 +64,7 @@ class SRResNet(nn.Module):
         scale: int = 4,
         n_channels: int = 64,
         n_blocks: int = 16,
-        block_type: str = "standard",
+        block_type: BlockType = "standard",
         large_kernel_size: int = 9,
         small_kernel_size: int = 3,
     ) -> None:

@@ -1,21 +1,14 @@
 """DataLoader construction: seeded, resumable sampling for training; one pass per image for validation.
 
-Reproducibility contract (what a resume relies on):
-- The training order of epoch ``e`` depends only on (seed, e, rank, world_size): the sampler
-  reshuffles from ``seed + e``. Call ``loader.set_epoch(e)`` before iterating epoch ``e``.
-- With workers, each worker's torch/numpy/random seeds come from (seed, rank, epoch, worker id),
-  because ``set_epoch`` also reseeds the generator from which the DataLoader draws its worker
-  base seed. With ``persistent_workers=True`` the workers are made once, at the first epoch
-  iterated, and keep their RNG streams across epochs, so crops after a resume only match the
-  uninterrupted run when ``persistent_workers=False`` (or ``num_workers=0``).
-- With ``num_workers=0`` the dataset draws from the process's global torch RNG, which the
-  trainer seeds and checkpoints.
+Training uses :class:`~data.resumable_sampler.ResumableSampler`, which hands each sample its own
+augmentation seed, so the batches of epoch ``e`` depend only on (seed, e, rank, world_size) —
+not on the worker count or on worker RNG state — and a resumed run sees the same data.
+Call ``loader.sampler.set_epoch(e)`` before iterating epoch ``e``.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import random
 from collections.abc import Iterator
 
@@ -23,61 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-
-class EnlargedSampler(Sampler[int]):
-    """Shuffling sampler for training, single- or multi-process (BasicSR's EnlargedSampler idea).
-
-    Plays the role of ``DistributedSampler`` when ``world_size > 1``: the epoch's permutation
-    of ``len(dataset) * enlarge_ratio`` indices (each image ``enlarge_ratio`` times) is padded
-    to a multiple of ``world_size`` and rank ``r`` takes every ``world_size``-th entry from
-    ``r``. The permutation is drawn from a generator seeded with ``seed + epoch``, so it is the
-    same on every rank and after a resume.
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        rank: int = 0,
-        world_size: int = 1,
-        enlarge_ratio: int = 1,
-        seed: int = 0,
-        shuffle: bool = True,
-    ) -> None:
-        if num_samples < 1:
-            raise ValueError("EnlargedSampler: the dataset is empty")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"EnlargedSampler: need 0 <= rank < world_size, got {rank}, {world_size}")
-        if enlarge_ratio < 1:
-            raise ValueError(f"EnlargedSampler: dataset_enlarge_ratio must be >= 1, got {enlarge_ratio}")
-        self.num_samples_total = num_samples
-        self.rank = rank
-        self.world_size = world_size
-        self.enlarge_ratio = enlarge_ratio
-        self.seed = seed
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.num_per_rank = math.ceil(num_samples * enlarge_ratio / world_size)
-        self.total_size = self.num_per_rank * world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        n = self.num_samples_total * self.enlarge_ratio
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        pad = self.total_size - n
-        if pad:
-            order = torch.cat([order, order[:pad].repeat(math.ceil(pad / n))[:pad]])
-        mine = order[self.rank : self.total_size : self.world_size] % self.num_samples_total
-        return iter(mine.tolist())
-
-    def __len__(self) -> int:
-        return self.num_per_rank
+from data.resumable_sampler import ResumableSampler
 
 
 class ShardSampler(Sampler[int]):
@@ -117,23 +56,6 @@ def _seed_worker(worker_id: int, rank: int) -> None:
     random.seed(seed)
 
 
-class SRDataLoader(DataLoader):
-    """A DataLoader with ``set_epoch``: reshuffles the sampler and reseeds worker seeding."""
-
-    def __init__(self, *args, seed: int = 0, rank: int = 0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.seed = seed
-        self.rank = rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(self.epoch)
-        if self.generator is not None:
-            self.generator.manual_seed(_mix_seed(self.seed, self.rank, self.epoch))
-
-
 def build_dataloader(
     dataset: Dataset,
     phase: str,
@@ -145,13 +67,12 @@ def build_dataloader(
     rank: int = 0,
     world_size: int = 1,
     dataset_enlarge_ratio: int = 1,
-) -> SRDataLoader:
+) -> DataLoader:
     """Build the loader for ``phase`` ('train', or anything else for validation/test).
 
-    Train: ``EnlargedSampler`` (seeded shuffle, distributed split, enlarge ratio), the given
-    batch size, ``drop_last=True``, seeded workers. Other phases: batch size 1, in order, and
-    with ``world_size > 1`` each rank takes a disjoint share (``ShardSampler``). The sampler is
-    ``loader.sampler``; call ``loader.set_epoch(epoch)`` at the start of every epoch.
+    Train: ``ResumableSampler`` (seeded shuffle, per-sample seeds, distributed split, enlarge
+    ratio), the given batch size, ``drop_last=True``, seeded workers. Other phases: batch size 1,
+    in order, and with ``world_size > 1`` each rank takes a disjoint share (``ShardSampler``).
     """
     if batch_size < 1:
         raise ValueError(f"build_dataloader: batch_size must be >= 1, got {batch_size}")
@@ -160,7 +81,7 @@ def build_dataloader(
     n = len(dataset)
     train = phase == "train"
     if train:
-        sampler = EnlargedSampler(n, rank, world_size, dataset_enlarge_ratio, seed, shuffle=True)
+        sampler = ResumableSampler(n, seed, True, rank, world_size, dataset_enlarge_ratio)
         if len(sampler) < batch_size:
             raise ValueError(
                 f"build_dataloader: {len(sampler)} training samples per process "
@@ -173,7 +94,7 @@ def build_dataloader(
 
     generator = torch.Generator()
     generator.manual_seed(_mix_seed(seed, rank, 0))
-    loader = SRDataLoader(
+    return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -183,7 +104,5 @@ def build_dataloader(
         drop_last=train,
         worker_init_fn=functools.partial(_seed_worker, rank=rank),
         generator=generator,
-        seed=seed,
-        rank=rank,
+        prefetch_factor=4 if num_workers > 0 else None,
     )
-    return loader

@@ -25,7 +25,7 @@ def _build(cls: type, params: Iterable, fused: bool | None, **kwargs) -> torch.o
 
 
 @OPTIMIZER_REGISTRY.register()
-def Adam(
+def Adam(  # noqa: N802 - the registry name users write
     params: Iterable,
     lr: float = 1e-4,
     betas: tuple[float, float] = (0.9, 0.99),
@@ -38,7 +38,7 @@ def Adam(
 
 
 @OPTIMIZER_REGISTRY.register()
-def AdamW(
+def AdamW(  # noqa: N802 - the registry name users write
     params: Iterable,
     lr: float = 1e-4,
     betas: tuple[float, float] = (0.9, 0.99),

@@ -132,6 +132,8 @@ class SRModel(BaseModel):
             logs = {k: v / self._log_counts[k] for k, v in zip(keys, values)}
         self._log_sums.clear()
         self._log_counts.clear()
-        logs.update({f"lr/{k}_{i}": lr for k, opt in self.optimizers.items()
-                     for i, lr in enumerate(g["lr"] for g in opt.param_groups)})
+        for key, optimizer in self.optimizers.items():
+            groups = optimizer.param_groups
+            for i, group in enumerate(groups):
+                logs[f"lr/net_{key}" + (f"_{i}" if len(groups) > 1 else "")] = group["lr"]
         return logs

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from data.data_loader import EnlargedSampler, ShardSampler, build_dataloader
+from data.data_loader import ShardSampler, build_dataloader
 from data.hr_image_dataset import HRImageDataset
 from data.image_io import ImageReadError, img2tensor, list_images, read_image, tensor2img, write_image
 from data.imresize import imresize
 from data.paired_image_dataset import PairedImageDataset
 from data.prefetcher import CPUPrefetcher, CUDAPrefetcher, build_prefetcher
+from data.resumable_sampler import ResumableSampler
 from data.transforms import augment, mod_crop, paired_random_crop
 from utils.registry import DATASET_REGISTRY
 
@@ -319,7 +320,7 @@ def test_corrupt_training_image_is_skipped_and_counted(tmp_path: Path, caplog) -
 
 
 def _batches(loader, epoch: int) -> list[torch.Tensor]:
-    loader.set_epoch(epoch)
+    loader.sampler.set_epoch(epoch)
     return [b["gt"] for b in loader]
 
 
@@ -345,19 +346,30 @@ def test_same_seed_gives_same_batches(tmp_path: Path, workers: int) -> None:
         assert all(torch.equal(x, y) for x, y in zip(second, run(7, 1)))
 
 
-def test_enlarged_sampler_order_epochs_and_ranks() -> None:
-    s = EnlargedSampler(5, enlarge_ratio=3, seed=1)
+def test_resumable_sampler_order_epochs_ranks_and_start() -> None:
+    s = ResumableSampler(5, seed=1, enlarge_ratio=3)
     s.set_epoch(0)
     e0 = list(s)
-    assert len(s) == 15 and sorted(e0) == sorted(list(range(5)) * 3)
+    assert len(s) == 15 and sorted(i for i, _ in e0) == sorted(list(range(5)) * 3)
+    assert len({seed for _, seed in e0}) == 15  # every sample gets its own augmentation seed
     s.set_epoch(1)
     e1 = list(s)
     s.set_epoch(0)
     assert list(s) == e0 and e1 != e0
-    ranks = [EnlargedSampler(10, rank=r, world_size=3, seed=2) for r in range(3)]
-    parts = [list(r) for r in ranks]
+    s.set_start(4)
+    assert list(s) == e0[4:]  # resuming mid-epoch continues the same order ...
+    assert list(s) == e0  # ... for one pass only
+    ranks = [ResumableSampler(10, seed=2, rank=r, world_size=3) for r in range(3)]
+    parts = [[i for i, _ in r] for r in ranks]
     assert [len(p) for p in parts] == [4, 4, 4]
     assert set(sum(parts, [])) == set(range(10))  # 12 slots: all 10 plus 2 repeats
+
+
+def test_batches_do_not_depend_on_worker_count(tmp_path: Path) -> None:
+    make_pairs(tmp_path, 6, (8, 8), 2)
+    ds = PairedImageDataset(str(tmp_path / "gt"), str(tmp_path / "lq"), scale=2, phase="train", gt_size=4)
+    runs = [_batches(build_dataloader(ds, "train", 2, w, seed=5, persistent_workers=False), 2) for w in (0, 2)]
+    assert all(torch.equal(x, y) for x, y in zip(*runs))
 
 
 def test_val_loader_is_sequential_batch_one(tmp_path: Path) -> None:

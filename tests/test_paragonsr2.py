@@ -164,6 +164,17 @@ def test_base_keeps_constant_images_and_clamps_alpha():
         torch.testing.assert_close(lo(img), plain, atol=1e-5, rtol=0)
 
 
+def test_base_path_stays_float32_under_bf16_autocast():
+    net = ParagonSR2(scale=2, variant="nano")
+    img = torch.rand(1, 3, 6, 7)
+    ref = torch.from_numpy(_base_ref(img[0].double().numpy(), 2, 0.4)).float()[None]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        base = net.base(img)
+        out = net(img)
+    assert base.dtype == torch.float32 and out.dtype == torch.float32
+    torch.testing.assert_close(base, ref, atol=1e-6, rtol=0)
+
+
 def test_base_channel_mapping_when_band_counts_differ():
     img = torch.rand(1, 3, 5, 5)
     grey = img[:, :1]
@@ -190,9 +201,9 @@ def test_icnr_upsampler_starts_nearest_like(scale):
     net = ParagonSR2(scale=scale, variant="nano")
     conv = net.upsampler[0]
     assert torch.count_nonzero(conv.bias) == 0
-    # An input constant over each LR pixel's neighbourhood is not needed: every s×s sub-pixel
-    # block receives the same kernel, so the output is nearest-like for any input.
-    lr = torch.rand(1, 12, 1, 1).repeat(1, 1, 4, 3) + torch.rand(1, 12, 4, 3)
+    # Every s×s sub-pixel block gets the same kernel, so the output is nearest-like for any
+    # LR features, not only for smooth ones.
+    lr = torch.rand(1, 12, 4, 3)
     with torch.no_grad():
         hr = net.upsampler(lr)
         base = F.conv2d(lr, conv.weight[:: scale * scale], padding=1)

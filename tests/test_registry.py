@@ -10,7 +10,7 @@ from utils.registry import ARCH_REGISTRY, Registry, RegistryError
 
 def test_lookup_is_case_insensitive_and_scans_the_package():
     assert ARCH_REGISTRY.get("edsr") is ARCH_REGISTRY.get("EDSR")
-    assert "RRDBNet" in ARCH_REGISTRY.keys()
+    assert "RRDBNet" in list(ARCH_REGISTRY)
 
 
 def test_unknown_name_lists_close_matches():

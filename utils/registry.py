@@ -7,8 +7,9 @@ import importlib
 import importlib.util
 import inspect
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 
 class RegistryError(KeyError):
