@@ -8,6 +8,7 @@ or from Python: ``from train import train; train("options/train/X.yml", override
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import math
 import signal
@@ -299,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = train(args.opt, args.override, auto_resume=args.auto_resume, check=args.check)
-    except (OptionsError, FileNotFoundError) as err:
+    except (OptionsError, FileNotFoundError, ValueError) as err:
+        # User-facing problems (bad options, missing paths, unusable data) get one clear line;
+        # UPFORGE_DEBUG=1 shows the traceback.
+        if os.environ.get("UPFORGE_DEBUG"):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -50,7 +50,9 @@ class EDSR(nn.Module):
     """Enhanced Deep Residual network for SR.
 
     Input is shifted by the dataset mean and multiplied by ``img_range`` (BasicSR convention);
-    the mean lives in non-persistent buffers so checkpoints carry only BasicSR's keys.
+    the mean lives in non-persistent buffers so checkpoints carry only BasicSR's keys. With other
+    than 3 bands, ``rgb_mean`` either has one value per band or stays the 3-value RGB mean, whose
+    bands past the third get mean 0.
     ``residual_output`` adds the nearest-upsampled input outside the network (no parameters),
     so weights trained without it load unchanged. Baseline: 16x64; EDSR-L: 32x256, res_scale 0.1.
     """

@@ -10,6 +10,7 @@ From Python: ``from models.evaluation import evaluate; evaluate("options/test/X.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 from pathlib import Path
@@ -96,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with torch.inference_mode():
             evaluate(args.opt, args.override)
-    except (OptionsError, FileNotFoundError) as err:
+    except (OptionsError, FileNotFoundError, ValueError) as err:
+        # User-facing problems (bad options, missing paths, unusable data) get one clear line;
+        # UPFORGE_DEBUG=1 shows the traceback.
+        if os.environ.get("UPFORGE_DEBUG"):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

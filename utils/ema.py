@@ -23,10 +23,15 @@ class ModelEMA:
         self.update_after = update_after
         self.warmup = warmup
         self.num_updates = 0
+        self._cached: tuple[int, tuple[list, list, list, list]] | None = None
         self.module = copy.deepcopy(unwrap_model(net)).eval()
         self.module.requires_grad_(False)
 
     def _pairs(self, net: nn.Module) -> tuple[list, list, list, list]:
+        # The tensor lists are built once per live network; rebuilding them each step costs
+        # Python time that shows up in small-network training.
+        if self._cached is not None and self._cached[0] == id(net):
+            return self._cached[1]
         live = unwrap_model(net)
         ema_f, live_f, ema_o, live_o = [], [], [], []
         for (_, e), (_, x) in zip(self.module.named_parameters(), live.named_parameters(), strict=True):
@@ -35,7 +40,8 @@ class ModelEMA:
         for (_, e), (_, x) in zip(self.module.named_buffers(), live.named_buffers(), strict=True):
             (ema_f if e.is_floating_point() else ema_o).append(e)
             (live_f if e.is_floating_point() else live_o).append(x.detach())
-        return ema_f, live_f, ema_o, live_o
+        self._cached = (id(net), (ema_f, live_f, ema_o, live_o))
+        return self._cached[1]
 
     def current_decay(self, step: int) -> float:
         if step < self.update_after:
@@ -61,5 +67,6 @@ class ModelEMA:
         return {"module": self.module.state_dict(), "num_updates": self.num_updates}
 
     def load_state_dict(self, state: dict) -> None:
+        # load_state_dict copies in place, so cached tensor lists stay valid.
         self.module.load_state_dict(state["module"])
         self.num_updates = int(state["num_updates"])

@@ -1,0 +1,107 @@
+"""Training throughput: iterations per second and peak memory of the real training step.
+
+    python scripts/benchmark_train.py -opt options/train/EDSR/train_EDSR_Mx2.yml \
+        [-o amp=bf16 -o channels_last=true ...] [--iters 300] [--warmup 50] [--data-only]
+
+The run is built exactly as train.py builds it (datasets from PNG files, workers, prefetcher,
+runner, EMA, scheduler); validation and checkpointing are left out. Timing covers ``--iters``
+steps after ``--warmup`` steps, with one device synchronisation at each end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from train import build_run  # noqa: E402
+from utils.device import select_device  # noqa: E402
+from utils.logger import setup_logger  # noqa: E402
+from utils.options import apply_override, load_yaml, parse_options  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data_only: bool = False) -> dict:
+    data = load_yaml(opt_path)
+    for expr in overrides:
+        apply_override(data, expr)
+    # Only the training step is timed: drop validation sets and their settings.
+    data["datasets"] = {"train": data["datasets"]["train"]}
+    data.pop("val", None)
+    opt = parse_options(data, source=opt_path)
+    setup_logger(None)
+    device = select_device(opt.device)
+    model, stream, _ = build_run(opt, device)
+    accumulate = opt.train.accumulate_grad_batches
+
+    def step(i: int) -> None:
+        batches = [stream.next() for _ in range(accumulate)]
+        if not data_only:
+            model.train_step(batches, i)
+
+    for i in range(warmup):
+        step(i + 1)
+    model.pop_logs(warmup) if not data_only else None
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for i in range(iters):
+        step(warmup + i + 1)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    if not data_only:
+        model.check_finite(warmup + iters)
+    train_ds = opt.datasets["train"]
+    result = {
+        "option_file": opt_path,
+        "overrides": overrides,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+        "arch": opt.network_g["type"],
+        "batch_size": train_ds.get("batch_size_per_gpu"),
+        "gt_size": train_ds.get("gt_size"),
+        "workers": train_ds.get("num_worker_per_gpu"),
+        "amp": opt.amp,
+        "channels_last": opt.channels_last,
+        "compile": opt.compile,
+        "data_only": data_only,
+        "iters": iters,
+        "it_per_s": iters / elapsed,
+        "ms_per_it": 1000 * elapsed / iters,
+    }
+    if device.type == "cuda":
+        result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        result["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 2**30
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Measure training it/s and peak memory for an option file.")
+    parser.add_argument("-opt", "--opt", required=True)
+    parser.add_argument("-o", "--override", action="append", default=[])
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--data-only", action="store_true", help="time the data pipeline alone")
+    parser.add_argument("--json", help="append the result as one JSON line to this file")
+    args = parser.parse_args(argv)
+    result = benchmark(args.opt, args.override, args.iters, args.warmup, args.data_only)
+    line = json.dumps(result)
+    print(line)
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
