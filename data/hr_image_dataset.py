@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.image_io import list_images, read_image
+from data.image_io import list_images, read_image, to_float
 from data.imresize import imresize
 from data.paired_image_dataset import SRImageDatasetBase
 from data.transforms import augment, mod_crop, random_crop
@@ -37,7 +37,7 @@ class HRImageDataset(SRImageDatasetBase):
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
         gt_path = self.gt_paths[index]
-        gt = read_image(gt_path)
+        gt = read_image(gt_path, as_float=False)
         if rng is not None:
             gt = random_crop(gt, self.gt_size, rng, gt_path)
             gt = augment([gt], self.use_hflip, self.use_rot, rng)[0]
@@ -45,5 +45,5 @@ class HRImageDataset(SRImageDatasetBase):
             gt = mod_crop(gt, self.scale)
             if gt.shape[0] == 0 or gt.shape[1] == 0:
                 raise ValueError(f"image '{gt_path}' is smaller than scale {self.scale}")
-        lq = np.clip(imresize(gt, 1.0 / self.scale), 0.0, 1.0)
+        lq = np.clip(imresize(to_float(gt), 1.0 / self.scale), 0.0, 1.0)
         return gt, lq, gt_path, gt_path

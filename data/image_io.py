@@ -24,11 +24,12 @@ class ImageReadError(OSError):
         return (type(self), (self.path, self.reason))
 
 
-def read_image(path: str | Path, keep_channels: bool = False) -> np.ndarray:
+def read_image(path: str | Path, keep_channels: bool = False, as_float: bool = True) -> np.ndarray:
     """Read an image as a float32 HWC array in [0, 1], channels in RGB(A) order.
 
     8-bit files are divided by 255, 16-bit files by 65535; float files (EXR/TIFF) are kept as
-    stored. By default the result always has 3 channels: grayscale is repeated and alpha is
+    stored. ``as_float=False`` keeps the stored integer type (uint8 / uint16), so training can
+    crop first and convert only the patch (see :func:`to_float`). By default the result always has 3 channels: grayscale is repeated and alpha is
     dropped. With ``keep_channels=True`` the stored channels are kept (gray → HxWx1,
     RGBA → HxWx4).
     """
@@ -47,14 +48,10 @@ def read_image(path: str | Path, keep_channels: bool = False) -> np.ndarray:
     if img is None:
         raise ImageReadError(path, "OpenCV could not decode it (corrupt or unsupported format)")
 
-    if img.dtype == np.uint8:
-        img = img.astype(np.float32) / 255.0
-    elif img.dtype == np.uint16:
-        img = img.astype(np.float32) / 65535.0
-    elif img.dtype in (np.float32, np.float64):
-        img = img.astype(np.float32)
-    else:
+    if img.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         raise ImageReadError(path, f"unsupported pixel type {img.dtype}")
+    if as_float:
+        img = to_float(img)
 
     if img.ndim == 2:
         img = img[:, :, None]
@@ -72,6 +69,15 @@ def read_image(path: str | Path, keep_channels: bool = False) -> np.ndarray:
         elif channels == 4:
             img = img[:, :, :3]
     return np.ascontiguousarray(img)
+
+
+def to_float(img: np.ndarray) -> np.ndarray:
+    """uint8 → /255, uint16 → /65535, float → float32."""
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / 65535.0
+    return img.astype(np.float32, copy=False)
 
 
 def write_image(path: str | Path, img: np.ndarray, bit_depth: int = 8) -> None:
@@ -105,23 +111,33 @@ def write_image(path: str | Path, img: np.ndarray, bit_depth: int = 8) -> None:
 
 
 def img2tensor(img: np.ndarray) -> torch.Tensor:
-    """HWC (or HW) numpy image → CHW float32 tensor."""
+    """HWC (or HW) numpy image → CHW tensor: uint8 stays uint8 (see :func:`tensor_to_float`),
+    anything else becomes float32 in [0, 1]."""
     if img.ndim == 2:
         img = img[:, :, None]
     if img.ndim != 3:
         raise ValueError(f"img2tensor expects an HWC or HW array, got shape {img.shape}")
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+    if img.dtype != np.uint8:
+        img = to_float(img)
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def tensor_to_float(t: torch.Tensor) -> torch.Tensor:
+    """uint8 image tensors → float32 in [0, 1] (memory format kept); float tensors unchanged."""
+    if t.dtype == torch.uint8:
+        return t.float().div_(255.0)
+    return t
 
 
 def tensor2img(tensor: torch.Tensor, clip: bool = True) -> np.ndarray:
-    """CHW (or 1xCxHxW) tensor → HWC float32 numpy image, clipped to [0, 1] by default."""
+    """CHW (or 1xCxHxW) tensor (float, or uint8 levels) → HWC float32 numpy image, clipped to [0, 1]."""
     if tensor.ndim == 4:
         if tensor.shape[0] != 1:
             raise ValueError(f"tensor2img takes one image; got a batch of {tensor.shape[0]}")
         tensor = tensor[0]
     if tensor.ndim != 3:
         raise ValueError(f"tensor2img expects CHW or 1CHW, got shape {tuple(tensor.shape)}")
-    t = tensor.detach().to("cpu", torch.float32)
+    t = tensor_to_float(tensor.detach().to("cpu")).to(torch.float32)
     if clip:
         t = t.clamp(0.0, 1.0)
     return np.ascontiguousarray(t.numpy().transpose(1, 2, 0))

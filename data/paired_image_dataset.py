@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.image_io import ImageReadError, img2tensor, list_images, read_image
+from data.image_io import ImageReadError, img2tensor, list_images, read_image, tensor_to_float
 from data.transforms import augment, mod_crop, paired_random_crop
 from utils.registry import DATASET_REGISTRY
 
@@ -23,7 +23,9 @@ class SRImageDatasetBase(Dataset):
     """What every SR image dataset shares: option checks, per-sample RNG, skipping bad files.
 
     Subclasses fill ``self.gt_paths`` and implement ``load(index, rng)``, which returns
-    ``(gt, lq, gt_path, lq_path)`` as HWC float32 arrays; ``rng`` is None outside training.
+    ``(gt, lq, gt_path, lq_path)`` as HWC arrays; ``rng`` is None outside training.
+    Training samples keep 8-bit images as uint8 tensors: a quarter of the bytes to collate, pin
+    and copy; the prefetcher turns them into float on the device. Other phases return float32.
     In training, crops and flips come from a per-sample seed: the one given with the index
     (``dataset[(index, seed)]``, as ``ResumableSampler`` yields) or else one drawn from torch's RNG.
     """
@@ -59,7 +61,10 @@ class SRImageDatasetBase(Dataset):
 
     def _sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
         gt, lq, gt_path, lq_path = self.load(index, rng)
-        return {"lq": img2tensor(lq), "gt": img2tensor(gt), "lq_path": str(lq_path), "gt_path": str(gt_path)}
+        gt_t, lq_t = img2tensor(gt), img2tensor(lq)
+        if rng is None:
+            gt_t, lq_t = tensor_to_float(gt_t), tensor_to_float(lq_t)
+        return {"lq": lq_t, "gt": gt_t, "lq_path": str(lq_path), "gt_path": str(gt_path)}
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         """``item`` is an index, or an ``(index, sample_seed)`` pair from a seeding sampler."""
@@ -167,8 +172,8 @@ class PairedImageDataset(SRImageDatasetBase):
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
         gt_path, lq_path = self.gt_paths[index], self.lq_paths[index]
-        gt = read_image(gt_path)
-        lq = read_image(lq_path)
+        gt = read_image(gt_path, as_float=False)
+        lq = read_image(lq_path, as_float=False)
         gt = align_pair(gt, lq, self.scale, gt_path, lq_path)
         if rng is not None:
             gt, lq = paired_random_crop(gt, lq, self.gt_size, self.scale, rng, gt_path)

@@ -72,13 +72,19 @@ class BaseModel:
         report = load_network(net, path, strict=strict, param_key=param_key)
         self.log.info(f"{label}: loaded {path}: {report.summary()}")
 
-    def wrap(self, net: nn.Module, compile_net: bool) -> nn.Module:
-        """DDP and torch.compile wrappers for the training forward; saving always unwraps."""
+    def wrap(self, net: nn.Module, compile_net: bool | str) -> nn.Module:
+        """DDP and torch.compile wrappers for the training forward; saving always unwraps.
+
+        ``compile_net`` is False, True (torch's default mode) or a torch.compile mode name;
+        ``reduce-overhead`` replays CUDA graphs, which pays off for small networks whose step
+        time is dominated by kernel launches.
+        """
         if dist.is_dist():
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
         if compile_net:
-            net = torch.compile(net)
+            mode = None if compile_net is True or compile_net == "default" else compile_net
+            net = torch.compile(net, mode=mode)
         return net
 
     def build_optimizer(self, optim_opt: dict[str, Any], params: list) -> torch.optim.Optimizer:

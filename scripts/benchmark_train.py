@@ -31,7 +31,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data_only: bool = False) -> dict:
+def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data_only: bool = False,
+              synthetic: bool = False) -> dict:
     data = load_yaml(opt_path)
     for expr in overrides:
         apply_override(data, expr)
@@ -44,8 +45,11 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data
     model, stream, _ = build_run(opt, device)
     accumulate = opt.train.accumulate_grad_batches
 
+    fixed = [stream.next() for _ in range(accumulate)] if synthetic else None
+
     def step(i: int) -> None:
-        batches = [stream.next() for _ in range(accumulate)]
+        # synthetic: reuse one real batch, so only the training step itself is timed
+        batches = fixed if synthetic else [stream.next() for _ in range(accumulate)]
         if not data_only:
             model.train_step(batches, i)
 
@@ -75,6 +79,7 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data
         "channels_last": opt.channels_last,
         "compile": opt.compile,
         "data_only": data_only,
+        "synthetic": synthetic,
         "iters": iters,
         "it_per_s": iters / elapsed,
         "ms_per_it": 1000 * elapsed / iters,
@@ -92,9 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--data-only", action="store_true", help="time the data pipeline alone")
+    parser.add_argument("--synthetic", action="store_true", help="reuse one batch: time the step alone")
     parser.add_argument("--json", help="append the result as one JSON line to this file")
     args = parser.parse_args(argv)
-    result = benchmark(args.opt, args.override, args.iters, args.warmup, args.data_only)
+    result = benchmark(args.opt, args.override, args.iters, args.warmup, args.data_only, args.synthetic)
     line = json.dumps(result)
     print(line)
     if args.json:

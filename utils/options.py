@@ -134,7 +134,7 @@ class Options(_Section):
     device: str = "auto"
     amp: Literal["none", "fp16", "bf16"] = "none"
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
     tf32: bool = True
     datasets: dict[str, dict[str, Any]] = {}
     network_g: dict[str, Any]
