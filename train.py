@@ -300,12 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = train(args.opt, args.override, auto_resume=args.auto_resume, check=args.check)
-    except (OptionsError, FileNotFoundError, ValueError) as err:
-        # User-facing problems (bad options, missing paths, unusable data) get one clear line;
-        # UPFORGE_DEBUG=1 shows the traceback.
+    except (OptionsError, FileNotFoundError, ValueError, RuntimeError) as err:
+        # User-facing problems (bad options, missing paths or devices, unusable data, NaN, OOM)
+        # get a clear message instead of a traceback; UPFORGE_DEBUG=1 shows the traceback.
         if os.environ.get("UPFORGE_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        kind = "" if isinstance(err, OptionsError | FileNotFoundError | ValueError) else f"{type(err).__name__}: "
+        print(f"error: {kind}{err}", file=sys.stderr)
         return 2
     finally:
         dist.cleanup()

@@ -97,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with torch.inference_mode():
             evaluate(args.opt, args.override)
-    except (OptionsError, FileNotFoundError, ValueError) as err:
-        # User-facing problems (bad options, missing paths, unusable data) get one clear line;
-        # UPFORGE_DEBUG=1 shows the traceback.
+    except (OptionsError, FileNotFoundError, ValueError, RuntimeError) as err:
+        # User-facing problems (bad options, missing paths or devices, unusable data, NaN, OOM)
+        # get a clear message instead of a traceback; UPFORGE_DEBUG=1 shows the traceback.
         if os.environ.get("UPFORGE_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        kind = "" if isinstance(err, OptionsError | FileNotFoundError | ValueError) else f"{type(err).__name__}: "
+        print(f"error: {kind}{err}", file=sys.stderr)
         return 2
     return 0
 

@@ -141,3 +141,19 @@ def test_gradient_accumulation_and_clipping(tmp_path, hr_folder):
     state = torch.load(Path(result["experiment_dir"]) / "training_states" / "4.state", weights_only=False)
     assert state["data"] == {"epoch": 2, "batches_done": 2}  # 8 batches of a 3-batch epoch
     assert state["model"]["optimizers"]["g"]["state"][0]["step"].item() == 4
+
+
+def test_missing_device_is_a_clear_error(tmp_path, hr_folder):
+    from utils.device import select_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="'cuda' was requested but CUDA is not available"):
+        select_device("cuda")
+    assert select_device("auto").type in ("cpu", "mps")
+    path = small_train_yaml(tmp_path, hr_folder)
+    proc = subprocess.run([sys.executable, "train.py", "-opt", str(path), "-o", "device=cuda:0"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "'cuda:0' was requested but CUDA is not available" in proc.stderr
+    assert "Traceback" not in proc.stderr
