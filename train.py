@@ -8,7 +8,6 @@ or from Python: ``from train import train; train("options/train/X.yml", override
 from __future__ import annotations
 
 import argparse
-import os
 import json
 import math
 import signal
@@ -21,6 +20,7 @@ import torch
 
 from utils import dist
 from utils.checkpoint import latest_state, load_training_state, save_training_state, save_weights
+from utils.cli import run_reporting_errors
 from utils.device import select_device
 from utils.logger import TensorBoardWriter, TrainProgress, metrics_table, print_table, setup_logger
 from utils.options import Options, OptionsError, load_options
@@ -85,16 +85,12 @@ def _prepare_experiment_dir(opt: Options, resuming: bool) -> Path:
 
 def _build_data(opt: Options, device: torch.device, seed: int) -> tuple[Any, dict[str, Any]]:
     from data.batch_stream import BatchStream
-    from data.data_loader import build_dataloader
+    from data.data_loader import build_dataloader, build_dataset
     from utils.logger import get_logger
-    from utils.registry import DATASET_REGISTRY
 
-    loader_keys = {"name", "batch_size_per_gpu", "num_worker_per_gpu", "pin_memory", "persistent_workers",
-                   "prefetch_mode", "dataset_enlarge_ratio"}
     stream, val_loaders = None, {}
     for key, ds_opt in opt.datasets.items():
-        kwargs = {k: v for k, v in ds_opt.items() if k not in loader_keys and k != "type"}
-        dataset = DATASET_REGISTRY.get(ds_opt["type"])(**kwargs)
+        dataset = build_dataset(ds_opt)
         name = ds_opt.get("name") or key
         if key == "train":
             loader = build_dataloader(
@@ -298,19 +294,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="override an option, e.g. -o datasets.train.batch_size_per_gpu=8 (repeatable)")
     parser.add_argument("--check", action="store_true", help="validate the options, print them and exit")
     args = parser.parse_args(argv)
-    try:
-        result = train(args.opt, args.override, auto_resume=args.auto_resume, check=args.check)
-    except (OptionsError, FileNotFoundError, ValueError, RuntimeError) as err:
-        # User-facing problems (bad options, missing paths or devices, unusable data, NaN, OOM)
-        # get a clear message instead of a traceback; UPFORGE_DEBUG=1 shows the traceback.
-        if os.environ.get("UPFORGE_DEBUG"):
-            raise
-        kind = "" if isinstance(err, OptionsError | FileNotFoundError | ValueError) else f"{type(err).__name__}: "
-        print(f"error: {kind}{err}", file=sys.stderr)
-        return 2
-    finally:
-        dist.cleanup()
-    return 130 if result.get("interrupted") else 0
+
+    def run() -> int:
+        try:
+            result = train(args.opt, args.override, auto_resume=args.auto_resume, check=args.check)
+        finally:
+            dist.cleanup()
+        return 130 if result.get("interrupted") else 0
+
+    return run_reporting_errors(run)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.resumable_sampler import ResumableSampler
+from utils.options import LoaderOptions
+from utils.registry import DATASET_REGISTRY
 
 
 class ShardSampler(Sampler[int]):
@@ -54,6 +56,13 @@ def _seed_worker(worker_id: int, rank: int) -> None:
     seed = _mix_seed(torch.initial_seed(), rank, worker_id)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def build_dataset(ds_opt: dict) -> Dataset:
+    """Instantiate a validated dataset section; loader keys (batch size, workers, ...) are left out."""
+    loader_keys = set(LoaderOptions.model_fields)
+    kwargs = {k: v for k, v in ds_opt.items() if k not in loader_keys}
+    return DATASET_REGISTRY.get(ds_opt["type"])(**kwargs)
 
 
 def build_dataloader(

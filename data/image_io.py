@@ -29,9 +29,9 @@ def read_image(path: str | Path, keep_channels: bool = False, as_float: bool = T
 
     8-bit files are divided by 255, 16-bit files by 65535; float files (EXR/TIFF) are kept as
     stored. ``as_float=False`` keeps the stored integer type (uint8 / uint16), so training can
-    crop first and convert only the patch (see :func:`to_float`). By default the result always has 3 channels: grayscale is repeated and alpha is
-    dropped. With ``keep_channels=True`` the stored channels are kept (gray → HxWx1,
-    RGBA → HxWx4).
+    crop first and convert only the patch (see :func:`to_float`). By default the result always
+    has 3 channels: grayscale is repeated and alpha is dropped. With ``keep_channels=True`` the
+    stored channels are kept (gray → HxWx1, RGBA → HxWx4).
     """
     path = Path(path)
     if not path.is_file():

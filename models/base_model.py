@@ -190,7 +190,8 @@ class BaseModel:
                 row[name] = float(fn(sr, gt, **kwargs)[0])
             rows.append(row)
             if save_dir is not None:
-                write_image(save_dir / f"{stem}_{iteration}.png", tensor2img(sr[0]))
+                # during training the iteration tells the images apart; test runs save plain names
+                write_image(save_dir / (f"{stem}_{iteration}.png" if iteration else f"{stem}.png"), tensor2img(sr[0]))
             if tb is not None and index < tb_images:
                 up = torch.nn.functional.interpolate(lq.float(), size=gt.shape[-2:], mode="nearest")
                 panel = torch.cat([up[0].clamp(0, 1), sr[0], gt[0]], dim=-1)

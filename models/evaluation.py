@@ -10,15 +10,14 @@ From Python: ``from models.evaluation import evaluate; evaluate("options/test/X.
 from __future__ import annotations
 
 import argparse
-import os
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from utils import dist
+from utils.cli import run_reporting_errors
 from utils.device import select_device
 from utils.logger import metrics_table, print_table, setup_logger
 from utils.options import OptionsError, load_options
@@ -26,10 +25,9 @@ from utils.options import OptionsError, load_options
 
 def evaluate(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Returns ``{model: {dataset: {metric: {"mean": float, "per_image": {name: float}}}}}``."""
-    from data.data_loader import build_dataloader
+    from data.data_loader import build_dataloader, build_dataset
     from models.base_model import build_network
     from models.sr_model import SRModel
-    from utils.registry import DATASET_REGISTRY
     from utils.weights import load_network
 
     opt = load_options(opt_path, overrides)
@@ -38,6 +36,10 @@ def evaluate(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
         problems.append(("path.pretrain_network_g", "a test file needs weights to evaluate (or a models: list)"))
     if not any(k != "train" for k in opt.datasets):
         problems.append(("datasets", "a test file needs at least one test_* or val_* dataset"))
+    names = ([opt.network_g["type"]] if opt.path.pretrain_network_g else []) + [m.name for m in opt.models]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            problems.append(("models", f"two models are named '{name}'; give each models: entry its own name"))
     if opt.val is None or not opt.val.metrics:
         problems.append(("val.metrics", "name at least one metric, e.g. psnr: {type: calculate_psnr}"))
     if problems:
@@ -58,13 +60,10 @@ def evaluate(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
         candidates.append((entry.name, net.eval()))
 
     loaders = {}
-    loader_keys = {"name", "batch_size_per_gpu", "num_worker_per_gpu", "pin_memory", "persistent_workers",
-                   "prefetch_mode", "dataset_enlarge_ratio"}
     for key, ds_opt in opt.datasets.items():
         if key == "train":
             continue
-        kwargs = {k: v for k, v in ds_opt.items() if k not in loader_keys and k != "type"}
-        dataset = DATASET_REGISTRY.get(ds_opt["type"])(**kwargs)
+        dataset = build_dataset(ds_opt)
         loaders[ds_opt.get("name") or key] = build_dataloader(dataset, "val", 1, 0, pin_memory=False,
                                                               persistent_workers=False)
 
@@ -94,17 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override an option (repeatable)")
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         with torch.inference_mode():
             evaluate(args.opt, args.override)
-    except (OptionsError, FileNotFoundError, ValueError, RuntimeError) as err:
-        # User-facing problems (bad options, missing paths or devices, unusable data, NaN, OOM)
-        # get a clear message instead of a traceback; UPFORGE_DEBUG=1 shows the traceback.
-        if os.environ.get("UPFORGE_DEBUG"):
-            raise
-        kind = "" if isinstance(err, OptionsError | FileNotFoundError | ValueError) else f"{type(err).__name__}: "
-        print(f"error: {kind}{err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
 
-
+    return run_reporting_errors(run)

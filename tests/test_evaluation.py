@@ -192,9 +192,9 @@ def test_cli_and_api_write_metrics_matching_an_independent_computation(env, tmp_
             for name, value in want.items():
                 assert got[name] == pytest.approx(value, abs=1e-6), (model_name, ds, name)
                 assert got_l1[name] == pytest.approx(want_l1[name], abs=1e-9), (model_name, ds, name)
-            # saved images: <results>/<name>/<model>/<dataset>/<stem>_0.png, equal to the quantised output
+            # saved images: <results>/<name>/<model>/<dataset>/<stem>.png, equal to the quantised output
             for name, sr in outputs.items():
-                png = out_dir / model_name / ds / f"{name}_0.png"
+                png = out_dir / model_name / ds / f"{name}.png"
                 assert png.is_file()
                 assert np.array_equal(read_rgb_u8(png), sr), png
     # the two seeded networks really differ, so the per-model results are not copies
@@ -231,8 +231,8 @@ def test_tiled_evaluation_equals_untiled(env, tmp_path):
         assert tiled["EDSR"]["Synth"][metric]["per_image"] == pytest.approx(
             untiled["EDSR"]["Synth"][metric]["per_image"], abs=1e-6)
     for name in ("s0", "s1", "s2"):
-        a = read_rgb_u8(tmp_path / "plain" / "results" / "eval_run" / "EDSR" / "Synth" / f"{name}_0.png")
-        b = read_rgb_u8(tmp_path / "tiled" / "results" / "eval_run" / "EDSR" / "Synth" / f"{name}_0.png")
+        a = read_rgb_u8(tmp_path / "plain" / "results" / "eval_run" / "EDSR" / "Synth" / f"{name}.png")
+        b = read_rgb_u8(tmp_path / "tiled" / "results" / "eval_run" / "EDSR" / "Synth" / f"{name}.png")
         assert np.array_equal(a, b), name
 
 
@@ -244,8 +244,8 @@ def test_tiles_without_enough_overlap_do_change_the_output(env, tmp_path):
     a, b = untiled["EDSR"]["Synth"]["psnr"]["per_image"], seams["EDSR"]["Synth"]["psnr"]["per_image"]
     assert max(abs(a[k] - b[k]) for k in a) > 1e-2
     for name in ("s0", "s1", "s2"):
-        plain = read_rgb_u8(tmp_path / "plain" / "results" / "eval_run" / "EDSR" / "Synth" / f"{name}_0.png")
-        seam = read_rgb_u8(tmp_path / "seams" / "results" / "eval_run" / "EDSR" / "Synth" / f"{name}_0.png")
+        plain = read_rgb_u8(tmp_path / "plain" / "results" / "eval_run" / "EDSR" / "Synth" / f"{name}.png")
+        seam = read_rgb_u8(tmp_path / "seams" / "results" / "eval_run" / "EDSR" / "Synth" / f"{name}.png")
         assert not np.array_equal(plain, seam), name
 
 

@@ -157,3 +157,10 @@ def test_check_rejects_a_typo_with_exit_code_2(tmp_path, hr_folder):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "network_g.num_feats" in proc.stderr and "did you mean 'num_feat'" in proc.stderr
+
+
+def test_scheduler_value_conflicts_are_found_by_check(tmp_path, hr_folder):
+    path = small_train_yaml(tmp_path, hr_folder)
+    with pytest.raises(OptionsError) as info:
+        load_options(path, ["train.scheduler={type: CosineAnnealingLR, warmup_iter: 0.9T, total_iter: 0.5T}"])
+    assert info.value.problems == [("train.scheduler", "warmup_iter (18) must be below total_iter (10)")]

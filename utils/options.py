@@ -397,6 +397,20 @@ def dataset_phase(key: str) -> str:
     return "train" if key == "train" else "val"
 
 
+def _try_scheduler(section: dict | None, problems: list[tuple[str, str]]) -> None:
+    """Build the scheduler on a throw-away optimiser, so value conflicts (warm-up longer than the
+    run, a start factor out of range) are reported by --check rather than at start-up."""
+    if not section or any(p[0].startswith("train.scheduler") for p in problems):
+        return
+    import torch
+
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        SCHEDULER_REGISTRY.get(section["type"])(dummy, **{k: v for k, v in section.items() if k != "type"})
+    except (ValueError, TypeError) as err:
+        problems.append(("train.scheduler", str(err)))
+
+
 def _as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
@@ -463,6 +477,7 @@ def parse_options(data: dict, source: str = "<options>", base_dir: str | Path | 
         optim_g = component(train_raw.get("optim_g"), ("train", "optim_g"), OPTIMIZER_REGISTRY, skip=("params",))
         scheduler = component(train_raw.get("scheduler"), ("train", "scheduler"), SCHEDULER_REGISTRY,
                               skip=("optimizer",), inject={"total_iter": total_iter})
+        _try_scheduler(scheduler, problems)
         if not train_raw.get("losses"):
             problems.append(("train.losses", "at least one loss is needed"))
         for i, entry in enumerate(train_raw.get("losses") or []):
