@@ -32,7 +32,7 @@ def _sync(device: torch.device) -> None:
 
 
 def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data_only: bool = False,
-              synthetic: bool = False) -> dict:
+              synthetic: bool = False, sync_debug: bool = False) -> dict:
     data = load_yaml(opt_path)
     for expr in overrides:
         apply_override(data, expr)
@@ -59,9 +59,14 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if sync_debug and device.type == "cuda":
+        # Any host-device synchronisation inside the timed steps now raises instead of stalling.
+        torch.cuda.set_sync_debug_mode("error")
     start = time.perf_counter()
     for i in range(iters):
         step(warmup + i + 1)
+    if sync_debug and device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("default")
     _sync(device)
     elapsed = time.perf_counter() - start
     if not data_only:
@@ -80,6 +85,7 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data
         "compile": opt.compile,
         "data_only": data_only,
         "synthetic": synthetic,
+        "sync_debug": sync_debug,
         "iters": iters,
         "it_per_s": iters / elapsed,
         "ms_per_it": 1000 * elapsed / iters,
@@ -98,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--data-only", action="store_true", help="time the data pipeline alone")
     parser.add_argument("--synthetic", action="store_true", help="reuse one batch: time the step alone")
+    parser.add_argument("--sync-debug", action="store_true",
+                        help="fail if a timed step synchronises the host with the GPU")
     parser.add_argument("--json", help="append the result as one JSON line to this file")
     args = parser.parse_args(argv)
-    result = benchmark(args.opt, args.override, args.iters, args.warmup, args.data_only, args.synthetic)
+    result = benchmark(args.opt, args.override, args.iters, args.warmup, args.data_only, args.synthetic, args.sync_debug)
     line = json.dumps(result)
     print(line)
     if args.json:
