@@ -101,8 +101,9 @@ def _build_data(opt: Options, device: torch.device, seed: int) -> tuple[Any, dic
             stream = BatchStream(loader, loader.sampler, device, ds_opt.get("prefetch_mode"), opt.channels_last)
             get_logger().info(f"train set '{name}': {len(dataset)} images, {len(loader)} batches per epoch per GPU")
         else:
-            val_loaders[name] = build_dataloader(dataset, "val", 1, 0, pin_memory=False,
-                                                 persistent_workers=False)
+            val_loaders[name] = build_dataloader(dataset, "val", 1, ds_opt.get("num_worker_per_gpu", 0),
+                                                 pin_memory=False, persistent_workers=False,
+                                                 rank=dist.get_rank(), world_size=dist.get_world_size())
     return stream, val_loaders
 
 

@@ -170,19 +170,17 @@ class BaseModel:
         net: nn.Module | None = None,
         tb_images: int = 3,
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Metrics on whole images; each rank takes every world-th image, rank 0 gathers."""
+        """Metrics on whole images from a validation loader (batch 1); results are gathered from all ranks."""
         from data.image_io import tensor2img, write_image
 
         metrics = self.opt.val.metrics if self.opt.val is not None else {}
-        rank, world = dist.get_rank(), dist.get_world_size()
         rows: list[dict[str, Any]] = []
-        dataset = loader.dataset
-        for index in range(rank, len(dataset), world):
-            sample = dataset[index]
-            lq = sample["lq"].unsqueeze(0).to(self.device)
-            gt = sample["gt"].unsqueeze(0).to(self.device)
+        # The loader's ShardSampler gives each rank its own images, one per batch.
+        for index, sample in enumerate(loader):
+            lq = sample["lq"].to(self.device)
+            gt = sample["gt"].to(self.device)
             sr = quantize(self.inference(lq, net))
-            stem = Path(sample.get("lq_path") or sample.get("gt_path") or f"img{index}").stem
+            stem = Path(sample["lq_path"][0]).stem
             row: dict[str, Any] = {"name": stem}
             for name, mopt in metrics.items():
                 fn = METRIC_REGISTRY.get(mopt["type"])
@@ -192,7 +190,7 @@ class BaseModel:
             if save_dir is not None:
                 # during training the iteration tells the images apart; test runs save plain names
                 write_image(save_dir / (f"{stem}_{iteration}.png" if iteration else f"{stem}.png"), tensor2img(sr[0]))
-            if tb is not None and index < tb_images:
+            if tb is not None and index < tb_images and dist.is_main():
                 up = torch.nn.functional.interpolate(lq.float(), size=gt.shape[-2:], mode="nearest")
                 panel = torch.cat([up[0].clamp(0, 1), sr[0], gt[0]], dim=-1)
                 tb.image(f"val_images/{dataset_name}/{stem}", panel.cpu(), iteration)

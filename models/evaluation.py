@@ -64,8 +64,8 @@ def evaluate(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
         if key == "train":
             continue
         dataset = build_dataset(ds_opt)
-        loaders[ds_opt.get("name") or key] = build_dataloader(dataset, "val", 1, 0, pin_memory=False,
-                                                              persistent_workers=False)
+        loaders[ds_opt.get("name") or key] = build_dataloader(dataset, "val", 1, ds_opt.get("num_worker_per_gpu", 0),
+                                                              pin_memory=False, persistent_workers=False)
 
     results: dict[str, Any] = {}
     table_rows: dict[str, dict[str, float]] = {}

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fail if a timed step synchronises the host with the GPU")
     parser.add_argument("--json", help="append the result as one JSON line to this file")
     args = parser.parse_args(argv)
-    result = benchmark(args.opt, args.override, args.iters, args.warmup, args.data_only, args.synthetic, args.sync_debug)
+    result = benchmark(args.opt, args.override, args.iters, args.warmup, args.data_only, args.synthetic,
+                       args.sync_debug)
     line = json.dumps(result)
     print(line)
     if args.json:
