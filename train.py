@@ -28,11 +28,14 @@ from utils.registry import MODEL_REGISTRY
 
 
 class _StopFlag:
-    """Ctrl+C asks the loop to save and stop; a second Ctrl+C stops at once."""
+    """Ctrl+C (SIGINT) or a scheduler's SIGTERM asks the loop to save and stop; a second signal
+    stops at once."""
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         def handler(signum: int, frame: Any) -> None:
@@ -41,13 +44,22 @@ class _StopFlag:
             self.requested = True
 
         try:
-            self._previous = signal.signal(signal.SIGINT, handler)
+            for sig in self._SIGNALS:
+                self._previous[sig] = signal.signal(sig, handler)
         except ValueError:  # not the main thread (e.g. called from a notebook worker)
-            self._previous = None
+            self._previous = {}
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def stop_agreed(requested: bool, iteration: int, print_freq: int) -> bool:
+    """Whether to stop now. Under DDP every rank must stop at the same step, so ranks compare
+    their flags at logging steps only, keeping the other steps free of collectives."""
+    if not dist.is_dist():
+        return requested
+    return iteration % print_freq == 0 and dist.any_rank(requested)
 
 
 def describe(opt: Options) -> str:
@@ -226,7 +238,7 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
             if val is not None and val_loaders and (iteration % val.val_freq == 0 or iteration == t.total_iter):
                 results["metrics"] = _validate_all(model, val_loaders, iteration, exp, tb, log)
                 last_validated = iteration
-            if stop.requested:
+            if stop_agreed(stop.requested, iteration, lg.print_freq):
                 log.warning(f"interrupted at iteration {iteration}: saving a training state")
                 if last_saved != iteration:
                     _save(model, exp, iteration, stream, lg.keep_last)

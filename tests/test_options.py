@@ -164,3 +164,15 @@ def test_scheduler_value_conflicts_are_found_by_check(tmp_path, hr_folder):
     with pytest.raises(OptionsError) as info:
         load_options(path, ["train.scheduler={type: CosineAnnealingLR, warmup_iter: 0.9T, total_iter: 0.5T}"])
     assert info.value.problems == [("train.scheduler", "warmup_iter (18) must be below total_iter (10)")]
+
+
+def test_basicsr_keys_get_migration_hints(tmp_path, hr_folder):
+    def basicsr_style(d):
+        d["train"]["pixel_opt"] = {"type": "L1Loss", "loss_weight": 1.0, "reduction": "mean"}
+        d["network_g"]["upscale"] = 2
+        d["datasets"]["train"]["io_backend"] = {"type": "disk"}
+
+    problems = dict(_problems(_edit(small_train_yaml(tmp_path, hr_folder), basicsr_style)))
+    assert "train.losses" in problems["train.pixel_opt"]
+    assert "top level" in problems["network_g.upscale"]
+    assert "disk folders" in problems["datasets.train.io_backend"]

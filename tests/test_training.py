@@ -52,7 +52,8 @@ def test_resume_gives_identical_weights(tmp_path, hr_folder):
     assert s_state["model"]["schedulers"] == r_state["model"]["schedulers"]
 
 
-def test_ctrl_c_saves_state_and_auto_resume_continues(tmp_path, hr_folder):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_state_and_auto_resume_continues(tmp_path, hr_folder, sig):
     path = small_train_yaml(tmp_path, hr_folder)
     cmd = [sys.executable, "train.py", "-opt", str(path), "-o", "train.total_iter=100000",
            "-o", "logger.print_freq=1", "-o", "logger.save_checkpoint_freq=100000", "-o", "val.val_freq=100000"]
@@ -65,7 +66,7 @@ def test_ctrl_c_saves_state_and_auto_resume_continues(tmp_path, hr_folder):
     log_file = next(exp.glob("train_*.log"))
     while time.time() < deadline and "iter 30/" not in log_file.read_text():
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     states = list_states(exp / "training_states")

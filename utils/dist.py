@@ -66,3 +66,8 @@ def broadcast_object(obj: Any) -> Any:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any (a collective: all ranks must call it)."""
+    return any(all_gather_objects(bool(flag)))

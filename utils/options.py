@@ -192,7 +192,20 @@ def format_path(loc: tuple | list) -> str:
     return out
 
 
+# Keys of BasicSR option files that upforge spells differently.
+_MIGRATION_HINTS = {
+    "pixel_opt": "write it as an entry of train.losses: [{type: L1Loss, loss_weight: 1.0}]",
+    "perceptual_opt": "write it as an entry of train.losses",
+    "warmup_iter": "it belongs to train.scheduler (warmup_iter, warmup_start_factor)",
+    "upscale": "write scale once at the top level; it is injected into the network",
+    "io_backend": "not needed: images are read from disk folders",
+    "dist_params": "not needed: launch with torchrun",
+}
+
+
 def _closest(key: str, valid: typing.Iterable[str]) -> str:
+    if key in _MIGRATION_HINTS:
+        return f"; {_MIGRATION_HINTS[key]} (see docs/migrating_from_basicsr.md)"
     valid = list(valid)
     match = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
     if match:
