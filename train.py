@@ -284,7 +284,8 @@ def _validate_all(model: Any, val_loaders: dict[str, Any], iteration: int, exp: 
     out = {}
     single = len(val_loaders) == 1
     for index, (name, loader) in enumerate(val_loaders.items()):
-        save_dir = exp / "visualization" / name if model.opt.val.save_img and dist.is_main() else None
+        # each rank validates (and saves the images of) its own share of the set
+        save_dir = exp / "visualization" / name if model.opt.val.save_img else None
         means, _ = model.validate(loader, name, iteration, save_dir, tb if dist.is_main() else None)
         improved = model.update_best(name, means, iteration)
         out[name] = means

@@ -23,7 +23,7 @@ def test_two_process_gloo_training(tmp_path, hr_folder):
     path = small_train_yaml(tmp_path, hr_folder)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            "train.py", "-opt", str(path), "-o", "train.total_iter=6", "-o", "val.val_freq=6",
-           "-o", "logger.save_checkpoint_freq=3"]
+           "-o", "logger.save_checkpoint_freq=3", "-o", "val.save_img=true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,6 +38,8 @@ def test_two_process_gloo_training(tmp_path, hr_folder):
     assert names == ["net_g_3.safetensors", "net_g_6.safetensors", "net_g_best.safetensors",
                      "net_g_ema_3.safetensors", "net_g_ema_6.safetensors"]
     assert sorted(p.name for p in (exp / "training_states").iterdir()) == ["3.state", "6.state"]
+    # validation is sharded across the ranks, and every image of the set is saved once
+    assert len(list((exp / "visualization" / "tinyval").glob("*_6.png"))) == 6
     state = torch.load(exp / "training_states" / "6.state", weights_only=False)
     # 6 images over 2 ranks = 3 samples per rank per epoch = 1 batch of 2; step 6 is epoch 5, batch 1.
     assert state["data"] == {"epoch": 5, "batches_done": 1}

@@ -77,10 +77,11 @@ def test_wrong_types_and_unknown_type_names(tmp_path, hr_folder):
         d["network_g"]["num_block"] = [1, 2]
         d["train"]["losses"][0]["type"] = "L1Los"
         d["logger"]["print_freq"] = -1
+        d["val"]["val_freq"] = "0T"
 
     problems = dict(_problems(_edit(small_train_yaml(tmp_path, hr_folder), spoil)))
     assert set(problems) == {"datasets.train.gt_size", "network_g.num_block", "train.losses[0].type",
-                             "logger.print_freq"}
+                             "logger.print_freq", "val.val_freq"}
     assert "'big'" in problems["datasets.train.gt_size"]
     assert "'L1Loss'" in problems["train.losses[0].type"]
 

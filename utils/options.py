@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
@@ -70,7 +70,7 @@ class TrainOptions(_Section):
 
 
 class ValOptions(_Section):
-    val_freq: Step = 5000
+    val_freq: Annotated[Step, Field(gt=0)] = 5000
     save_img: bool = False
     metrics: dict[str, dict[str, Any]] = {}
     tta: bool = False
@@ -81,7 +81,7 @@ class ValOptions(_Section):
 
 class LoggerOptions(_Section):
     print_freq: int = Field(100, gt=0)
-    save_checkpoint_freq: Step = 5000
+    save_checkpoint_freq: Annotated[Step, Field(gt=0)] = 5000
     use_tb_logger: bool = True
     keep_last: int = Field(3, ge=1)
 
