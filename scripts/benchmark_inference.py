@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from models.base_model import build_network  # noqa: E402
+from scripts.bench_report import emit  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.options import parse_options  # noqa: E402
 
@@ -69,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in args.dtypes.split(","):
         result = benchmark(net_opt, args.scale, args.size, dtype, args.batch, args.iters, args.warmup,
                            args.channels_last, args.compile, device)
-        line = json.dumps(result)
-        print(line)
-        if args.json:
-            with open(args.json, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
+        emit(result, args.json)
     return 0
 
 

@@ -11,7 +11,6 @@ steps after ``--warmup`` steps, with one device synchronisation at each end.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from scripts.bench_report import emit  # noqa: E402
 from train import build_run  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.logger import setup_logger  # noqa: E402
@@ -110,11 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = benchmark(args.opt, args.override, args.iters, args.warmup, args.data_only, args.synthetic,
                        args.sync_debug)
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        with open(args.json, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+    emit(result, args.json)
     return 0
 
 
