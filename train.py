@@ -97,25 +97,23 @@ def _prepare_experiment_dir(opt: Options, resuming: bool) -> Path:
 
 def _build_data(opt: Options, device: torch.device, seed: int) -> tuple[Any, dict[str, Any]]:
     from data.batch_stream import BatchStream
-    from data.data_loader import build_dataloader, build_dataset
+    from data.data_loader import build_dataloader, build_dataset, build_val_loader
     from utils.logger import get_logger
 
     stream, val_loaders = None, {}
     for key, ds_opt in opt.datasets.items():
-        dataset = build_dataset(ds_opt)
         name = ds_opt.get("name") or key
-        if key == "train":
-            loader = build_dataloader(
-                dataset, "train", ds_opt.get("batch_size_per_gpu", 16), ds_opt.get("num_worker_per_gpu", 4),
-                pin_memory=ds_opt.get("pin_memory", True) and device.type == "cuda",
-                persistent_workers=ds_opt.get("persistent_workers", True), seed=seed, rank=dist.get_rank(),
-                world_size=dist.get_world_size(), dataset_enlarge_ratio=ds_opt.get("dataset_enlarge_ratio", 1))
-            stream = BatchStream(loader, loader.sampler, device, ds_opt.get("prefetch_mode"), opt.channels_last)
-            get_logger().info(f"train set '{name}': {len(dataset)} images, {len(loader)} batches per epoch per GPU")
-        else:
-            val_loaders[name] = build_dataloader(dataset, "val", 1, ds_opt.get("num_worker_per_gpu", 0),
-                                                 pin_memory=False, persistent_workers=False,
-                                                 rank=dist.get_rank(), world_size=dist.get_world_size())
+        if key != "train":
+            val_loaders[name] = build_val_loader(ds_opt, dist.get_rank(), dist.get_world_size())
+            continue
+        dataset = build_dataset(ds_opt)
+        loader = build_dataloader(
+            dataset, "train", ds_opt.get("batch_size_per_gpu", 16), ds_opt.get("num_worker_per_gpu", 4),
+            pin_memory=ds_opt.get("pin_memory", True) and device.type == "cuda",
+            persistent_workers=ds_opt.get("persistent_workers", True), seed=seed, rank=dist.get_rank(),
+            world_size=dist.get_world_size(), dataset_enlarge_ratio=ds_opt.get("dataset_enlarge_ratio", 1))
+        stream = BatchStream(loader, device, ds_opt.get("prefetch_mode"), opt.channels_last)
+        get_logger().info(f"train set '{name}': {len(dataset)} images, {len(loader)} batches per epoch per GPU")
     return stream, val_loaders
 
 

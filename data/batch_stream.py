@@ -8,16 +8,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.prefetcher import build_prefetcher
-from data.resumable_sampler import ResumableSampler
 
 
 class BatchStream:
-    """Wraps a loader over a :class:`ResumableSampler`; ``state()`` records epoch and position."""
+    """Wraps a training loader whose sampler is a :class:`~data.resumable_sampler.ResumableSampler`;
+    ``state()`` records epoch and position."""
 
     def __init__(
         self,
         loader: DataLoader,
-        sampler: ResumableSampler,
         device: torch.device,
         prefetch_mode: str | None = None,
         channels_last: bool = False,
@@ -28,7 +27,7 @@ class BatchStream:
                 "lower batch_size_per_gpu or add images"
             )
         self.loader = loader
-        self.sampler = sampler
+        self.sampler = loader.sampler
         self.device = device
         self.prefetch_mode = prefetch_mode
         self.channels_last = channels_last

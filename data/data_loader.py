@@ -65,6 +65,13 @@ def build_dataset(ds_opt: dict) -> Dataset:
     return DATASET_REGISTRY.get(ds_opt["type"])(**kwargs)
 
 
+def build_val_loader(ds_opt: dict, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A validation/test loader for a validated dataset section: whole images, one per batch,
+    each rank taking its own share."""
+    return build_dataloader(build_dataset(ds_opt), "val", 1, ds_opt.get("num_worker_per_gpu", 0),
+                            pin_memory=False, persistent_workers=False, rank=rank, world_size=world_size)
+
+
 def build_dataloader(
     dataset: Dataset,
     phase: str,

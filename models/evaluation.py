@@ -25,7 +25,7 @@ from utils.options import OptionsError, load_options
 
 def evaluate(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Returns ``{model: {dataset: {metric: {"mean": float, "per_image": {name: float}}}}}``."""
-    from data.data_loader import build_dataloader, build_dataset
+    from data.data_loader import build_val_loader
     from models.base_model import build_network
     from models.sr_model import SRModel
     from utils.weights import load_network
@@ -59,13 +59,8 @@ def evaluate(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
         log.info(f"model {entry.name}: loaded {entry.path}: {report.summary()}")
         candidates.append((entry.name, net.eval()))
 
-    loaders = {}
-    for key, ds_opt in opt.datasets.items():
-        if key == "train":
-            continue
-        dataset = build_dataset(ds_opt)
-        loaders[ds_opt.get("name") or key] = build_dataloader(dataset, "val", 1, ds_opt.get("num_worker_per_gpu", 0),
-                                                              pin_memory=False, persistent_workers=False)
+    loaders = {ds_opt.get("name") or key: build_val_loader(ds_opt)
+               for key, ds_opt in opt.datasets.items() if key != "train"}
 
     results: dict[str, Any] = {}
     table_rows: dict[str, dict[str, float]] = {}
