@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 from utils import dist
-from utils.checkpoint import latest_state, load_training_state, save_training_state, save_weights
+from utils.checkpoint import latest_state, load_training_state
 from utils.cli import run_reporting_errors
 from utils.device import select_device
 from utils.logger import TensorBoardWriter, TrainProgress, metrics_table, print_table, setup_logger
@@ -95,83 +94,21 @@ def _prepare_experiment_dir(opt: Options, resuming: bool) -> Path:
     return exp
 
 
-def _build_data(opt: Options, device: torch.device, seed: int) -> tuple[Any, dict[str, Any]]:
-    from data.batch_stream import BatchStream
-    from data.data_loader import build_dataloader, build_dataset, build_val_loader
-    from utils.logger import get_logger
-
-    stream, val_loaders = None, {}
-    for key, ds_opt in opt.datasets.items():
-        name = ds_opt.get("name") or key
-        if key != "train":
-            val_loaders[name] = build_val_loader(ds_opt, dist.get_rank(), dist.get_world_size())
-            continue
-        dataset = build_dataset(ds_opt)
-        loader = build_dataloader(
-            dataset, "train", ds_opt.get("batch_size_per_gpu", 16), ds_opt.get("num_worker_per_gpu", 4),
-            pin_memory=ds_opt.get("pin_memory", True) and device.type == "cuda",
-            persistent_workers=ds_opt.get("persistent_workers", True), seed=seed, rank=dist.get_rank(),
-            world_size=dist.get_world_size(), dataset_enlarge_ratio=ds_opt.get("dataset_enlarge_ratio", 1))
-        stream = BatchStream(loader, device, ds_opt.get("prefetch_mode"), opt.channels_last)
-        get_logger().info(f"train set '{name}': {len(dataset)} images, {len(loader)} batches per epoch per GPU")
-    return stream, val_loaders
-
-
 def build_run(opt: Options, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
     """Seed, then build the data and the runner exactly as a training run does."""
+    from data.data_loader import build_loaders
+
     torch.manual_seed(opt.manual_seed)
-    stream, val_loaders = _build_data(opt, device, opt.manual_seed)
+    stream, val_loaders = build_loaders(opt, device)
     model = MODEL_REGISTRY.get(opt.model_type)(opt, device)
     return model, stream, val_loaders
 
 
-def _check_replicas(model: Any) -> bool:
-    """Under DDP, confirm every rank ends with the same weights (a cheap fingerprint per tensor)."""
-    if not dist.is_dist():
-        return True
-    with torch.no_grad():
-        fingerprint = [float(p.double().sum()) for p in model.net_g.parameters()]
-    return all(f == fingerprint for f in dist.all_gather_objects(fingerprint))
-
-
-def _save(model: Any, exp: Path, iteration: int, stream: Any, keep_last: int) -> None:
-    """Weights (live, EMA) and a full training state, written atomically by rank 0."""
-    model.check_finite(iteration)  # never save weights that went NaN
-    if not dist.is_main():
-        return
-    models_dir = exp / "models"
-    save_weights(models_dir, "net_g", iteration, model.net_g, keep_last)
-    if model.ema is not None:
-        save_weights(models_dir, "net_g_ema", iteration, model.ema.module, keep_last)
-    state = {"iter": iteration, "data": stream.state(), "model": model.state_dict()}
-    save_training_state(exp / "training_states", iteration, state, keep_last)
-
-
-def _baselines(model: Any, val_loaders: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Nearest and bicubic upscaling of the LR images, scored with the validation metrics."""
-    import torch.nn.functional as F
-
-    from data.imresize import imresize_tensor
-
-    scale = model.opt.scale
-
-    def nearest(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=scale, mode="nearest")
-
-    def bicubic(x: torch.Tensor) -> torch.Tensor:
-        return imresize_tensor(x, scale)
-
-    out = {}
-    for name, loader in val_loaders.items():
-        for label, fn in (("nearest", nearest), ("bicubic", bicubic)):
-            means, _ = model.validate(loader, name, 0, net=fn)
-            out[f"{name} ({label})"] = means
-    return out
-
-
 def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), auto_resume: bool = False,
           check: bool = False) -> dict[str, Any]:
-    """Run training; returns ``{'iter', 'metrics', 'best', 'experiment_dir'}``."""
+    """Run training; returns ``{'iter', 'metrics', 'best', 'experiment_dir', ...}``."""
+    from models.training_loop import TrainingLoop, build_automations
+
     opt = load_options(opt_path, overrides)
     if opt.train is None:
         raise OptionsError(str(opt_path), [("train", "a training option file needs a train: section")])
@@ -191,77 +128,37 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
     log.info(f"upforge: {opt.name} on {device} (world size {world}), options {opt.source}")
 
     model, stream, val_loaders = build_run(opt, device)
-
+    tb = TensorBoardWriter(exp / "tb_logger" if opt.logger.use_tb_logger and dist.is_main() else None)
+    loop = TrainingLoop(opt, model, stream, val_loaders, build_automations(opt), exp, tb, log)
     start_iter = 0
     if resume_path is not None:
         state = load_training_state(resume_path)
         model.load_state_dict(state["model"])
         stream.load_state(state["data"])
+        loop.load_state_dict(state.get("loop", {}))
         start_iter = int(state["iter"])
         log.info(f"resumed from {resume_path} at iteration {start_iter}")
 
-    tb = TensorBoardWriter(exp / "tb_logger" if opt.logger.use_tb_logger and dist.is_main() else None)
-    t, lg, val = opt.train, opt.logger, opt.val
-    results: dict[str, Any] = {"metrics": {}, "baselines": {}}
-    if val is not None and val_loaders and val.baselines:
-        results["baselines"] = _baselines(model, val_loaders)
+    results: dict[str, Any] = {"baselines": {}}
+    if opt.val is not None and val_loaders and opt.val.baselines:
+        results["baselines"] = model.baselines(val_loaders)
         for label, means in results["baselines"].items():
             log.info(f"baseline {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
 
     stop = _StopFlag()
     stop.install()
-    progress = TrainProgress(t.total_iter, start_iter, enabled=dist.is_main())
-    iteration = start_iter
-    last_saved = start_iter if resume_path else -1
-    last_validated = -1
+    progress = TrainProgress(opt.train.total_iter, start_iter, enabled=dist.is_main())
     try:
-        while iteration < t.total_iter:
-            batches = [stream.next() for _ in range(t.accumulate_grad_batches)]
-            iteration += 1
-            model.train_step(batches, iteration)
-            progress.advance(iteration)
-            if iteration % lg.print_freq == 0 or iteration == t.total_iter:
-                logs = model.pop_logs(iteration)
-                rate = progress.measure(iteration)
-                if device.type == "cuda":
-                    logs["vram/peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-                tb.scalars(logs, iteration)
-                shown = "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in logs.items())
-                progress.set_status(shown)
-                eta = (t.total_iter - iteration) / rate if rate > 0 else math.nan
-                log.info(f"iter {iteration}/{t.total_iter}  {rate:.2f} it/s  eta {eta:.0f}s  {shown}")
-            if iteration % lg.save_checkpoint_freq == 0:
-                _save(model, exp, iteration, stream, lg.keep_last)
-                last_saved = iteration
-            if val is not None and val_loaders and (iteration % val.val_freq == 0 or iteration == t.total_iter):
-                results["metrics"] = _validate_all(model, val_loaders, iteration, exp, tb, log)
-                last_validated = iteration
-            if stop_agreed(stop.requested, iteration, lg.print_freq):
-                log.warning(f"interrupted at iteration {iteration}: saving a training state")
-                if last_saved != iteration:
-                    _save(model, exp, iteration, stream, lg.keep_last)
-                log.warning(f"saved; continue with: python train.py -opt {opt.source} --auto_resume")
-                results["interrupted"] = True
-                break
-        else:
-            if last_saved != iteration:
-                _save(model, exp, iteration, stream, lg.keep_last)
-            if val is not None and val_loaders and last_validated != iteration:
-                results["metrics"] = _validate_all(model, val_loaders, iteration, exp, tb, log)
-    except torch.cuda.OutOfMemoryError as err:
-        raise RuntimeError(
-            f"CUDA out of memory at iteration {iteration} ({err}). Lower datasets.train.batch_size_per_gpu or "
-            "gt_size, enable amp: bf16, or use val.tile for large validation images. "
-            "Saved checkpoints are intact; resume with --auto_resume."
-        ) from err
+        results.update(loop.run(start_iter, resume_path is not None,
+                                lambda it: stop_agreed(stop.requested, it, opt.logger.print_freq), progress))
     finally:
         progress.stop()
         stop.restore()
         tb.close()
-
-    results.update({"iter": iteration, "best": model.best, "experiment_dir": str(exp)})
+    iteration = results["iter"]
+    results.update({"metrics": loop.metrics, "best": model.best, "experiment_dir": str(exp)})
     if dist.is_dist():
-        same = _check_replicas(model)
+        same = all(f == model.fingerprint() for f in dist.all_gather_objects(model.fingerprint()))
         results["replicas_identical"] = same
         log.info(f"DDP: weights identical on all {dist.get_world_size()} ranks: {same}")
         if not same:
@@ -271,31 +168,11 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
         rows.update(results["metrics"])
         if rows:
             print_table(metrics_table(f"{opt.name} @ {iteration}", rows))
-        (exp / "metrics.json").write_text(json.dumps(
-            {k: results[k] for k in ("iter", "metrics", "baselines", "best")}, indent=2), encoding="utf-8")
+        keys = ("iter", "metrics", "baselines", "best", "stopped_early")
+        (exp / "metrics.json").write_text(json.dumps({k: results[k] for k in keys if k in results}, indent=2),
+                                          encoding="utf-8")
     dist.barrier()
     return results
-
-
-def _validate_all(model: Any, val_loaders: dict[str, Any], iteration: int, exp: Path, tb: Any,
-                  log: Any) -> dict[str, dict[str, float]]:
-    out = {}
-    single = len(val_loaders) == 1
-    for index, (name, loader) in enumerate(val_loaders.items()):
-        # each rank validates (and saves the images of) its own share of the set
-        save_dir = exp / "visualization" / name if model.opt.val.save_img else None
-        means, _ = model.validate(loader, name, iteration, save_dir, tb if dist.is_main() else None)
-        improved = model.update_best(name, means, iteration)
-        out[name] = means
-        prefix = "val_metrics" if single else f"val_metrics/{name}"
-        tb.scalars({f"{prefix}/{k}": v for k, v in means.items()}, iteration)
-        best = model.best[name]
-        log.info(f"validation {name} @ {iteration}: " + ", ".join(
-            f"{k} {v:.4f} (best {best[k]['value']:.4f} @ {best[k]['iter']})" for k, v in means.items()))
-        first_metric = next(iter(means), None)
-        if index == 0 and first_metric and improved[first_metric] and dist.is_main():
-            save_weights(exp / "models", "net_g", "best", model.eval_net(), keep_last=10**9)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""An endless stream of training batches across epochs that can resume at any batch."""
+"""An endless stream of training batches across epochs that resumes at any sample."""
 
 from __future__ import annotations
 
@@ -10,53 +10,131 @@ from torch.utils.data import DataLoader
 from data.prefetcher import build_prefetcher
 
 
-class BatchStream:
-    """Wraps a training loader whose sampler is a :class:`~data.resumable_sampler.ResumableSampler`;
-    ``state()`` records epoch and position."""
+def batch_length(batch: dict[str, Any]) -> int:
+    return next(len(v) for v in batch.values() if isinstance(v, torch.Tensor))
 
-    def __init__(
-        self,
-        loader: DataLoader,
-        device: torch.device,
-        prefetch_mode: str | None = None,
-        channels_last: bool = False,
-    ) -> None:
-        if len(loader) == 0:
-            raise ValueError(
-                f"the training set has {len(loader.dataset)} images, fewer than one batch of {loader.batch_size}; "
-                "lower batch_size_per_gpu or add images"
-            )
+
+class BatchStream:
+    """Wraps a training loader whose batch sampler is a
+    :class:`~data.resumable_sampler.ResumableBatchSampler`.
+
+    The position is kept in samples (``position`` into this rank's order of ``epoch``), so a
+    batch-size change resumes exactly where the last consumed batch ended. :meth:`set_knob`
+    (an automation changing the batch size or a dataset setting) restarts the loader at that
+    position: batches the workers had already prepared with the old values are discarded and
+    made again, so no sample is dropped or repeated and a resumed run sees the same batches.
+    """
+
+    def __init__(self, loader: DataLoader, device: torch.device, prefetch_mode: str | None = None,
+                 channels_last: bool = False) -> None:
         self.loader = loader
-        self.sampler = loader.sampler
+        self.batch_sampler = loader.batch_sampler
+        if len(self.batch_sampler) == 0:
+            raise ValueError(
+                f"the training set has {len(loader.dataset)} images, fewer than one batch of "
+                f"{self.batch_sampler.size_at(1)}; lower batch_size_per_gpu or add images"
+            )
         self.device = device
         self.prefetch_mode = prefetch_mode
         self.channels_last = channels_last
         self.epoch = 0
-        self.batches_done = 0
+        self.position = 0
+        self.batches = 0
+        self._last_sizes: list[int] = []
         self._prefetcher: Any = None
 
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches_done": self.batches_done}
+    # --------------------------------------------------------------------- knobs
 
-    def load_state(self, state: dict[str, int]) -> None:
+    def knob_names(self) -> list[str]:
+        return list(dict.fromkeys(["batch_size", *getattr(self.loader.dataset, "live_options", ())]))
+
+    def knob(self, name: str, step: int) -> Any:
+        """The value batches of ``step`` are made with."""
+        if name == "batch_size":
+            return self.batch_sampler.size_at(step)
+        self._check_name(name)
+        values = self.batch_sampler.knobs_at(step)
+        return values[name] if name in values else getattr(self.loader.dataset, name)
+
+    def set_knob(self, name: str, value: Any) -> None:
+        """From the next batch on, make batches with ``name = value``."""
+        self._check_name(name)
+        if name == "batch_size" and (int(value) != value or value < 1):
+            raise ValueError(f"batch_size must be a positive whole number, got {value!r}")
+        check = getattr(self.loader.dataset, "check_knob", None)
+        if check is not None and name != "batch_size":
+            check(name, value)
+        self.batch_sampler.overrides[name] = value
+        self.restart()
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.knob_names():
+            raise KeyError(f"no data setting named '{name}'; live settings: {', '.join(self.knob_names())}")
+
+    # --------------------------------------------------------------------- state
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "batches": self.batches,
+                "overrides": dict(self.batch_sampler.overrides)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])
-        self.batches_done = int(state["batches_done"])
+        self.position = int(state["position"])
+        self.batches = int(state["batches"])
+        self.batch_sampler.overrides = dict(state.get("overrides", {}))
+        self.restart()
+
+    def restart(self) -> None:
+        """Make the next batch anew from the current position (discarding prefetched ones)."""
         self._prefetcher = None
 
-    def _start_epoch(self) -> None:
-        self.sampler.set_epoch(self.epoch)
-        self.sampler.set_start(self.batches_done * self.loader.batch_size)
+    def rewind(self) -> None:
+        """Give back the batches of the current step (e.g. to redo it after an out-of-memory error)."""
+        for size in reversed(self._last_sizes):
+            self.position -= size
+            self.batches -= 1
+        self._last_sizes.clear()
+        self.restart()
+
+    def step_done(self) -> None:
+        """The batches taken so far belong to a finished step; :meth:`rewind` no longer returns them."""
+        self._last_sizes.clear()
+
+    def sample_batch(self, size: int, step: int) -> dict[str, Any]:
+        """A batch of ``size`` samples from the start of this epoch's order, made with the settings
+        of ``step`` and moved to the device, outside the stream (nothing is consumed)."""
+        from torch.utils.data import default_collate
+
+        from data.prefetcher import _to_device
+
+        order = self.batch_sampler.sampler.order()
+        knobs = self.batch_sampler.knobs_at(step)
+        items = [order[i % len(order)] for i in range(size)]
+        batch = default_collate([self.loader.dataset[(index, seed, knobs)] for index, seed in items])
+        return _to_device(batch, self.device, self.channels_last, non_blocking=False)
+
+    # ------------------------------------------------------------------- batches
+
+    def _start(self) -> None:
+        self.batch_sampler.set_epoch(self.epoch)
+        self.batch_sampler.set_start(self.position, self.batches)
         self._prefetcher = build_prefetcher(self.loader, self.device, self.prefetch_mode,
                                             channels_last=self.channels_last)
 
     def next(self) -> dict[str, Any]:
         if self._prefetcher is None:
-            self._start_epoch()
+            self._start()
         batch = self._prefetcher.next()
         if batch is None:
             self.epoch += 1
-            self.batches_done = 0
-            self._start_epoch()
+            self.position = 0
+            self._start()
             batch = self._prefetcher.next()
-        self.batches_done += 1
+            if batch is None:
+                raise RuntimeError(f"an epoch of the training set holds fewer samples than one batch of "
+                                   f"{self.batch_sampler.size_at(self.batches + 1)}; lower the batch size")
+        size = batch_length(batch)
+        self.position += size
+        self.batches += 1
+        self._last_sizes.append(size)
         return batch

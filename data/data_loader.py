@@ -3,7 +3,7 @@
 Training uses :class:`~data.resumable_sampler.ResumableSampler`, which hands each sample its own
 augmentation seed, so the batches of epoch ``e`` depend only on (seed, e, rank, world_size) —
 not on the worker count or on worker RNG state — and a resumed run sees the same data.
-Call ``loader.sampler.set_epoch(e)`` before iterating epoch ``e``.
+Call ``loader.batch_sampler.set_epoch(e)`` before iterating epoch ``e``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data.resumable_sampler import ResumableSampler
+from data.resumable_sampler import ResumableBatchSampler, ResumableSampler
 from utils.options import LoaderOptions
 from utils.registry import DATASET_REGISTRY
+from utils.schedule import Schedule
 
 
 class ShardSampler(Sampler[int]):
@@ -83,42 +85,63 @@ def build_dataloader(
     rank: int = 0,
     world_size: int = 1,
     dataset_enlarge_ratio: int = 1,
+    accumulate: int = 1,
 ) -> DataLoader:
     """Build the loader for ``phase`` ('train', or anything else for validation/test).
 
-    Train: ``ResumableSampler`` (seeded shuffle, per-sample seeds, distributed split, enlarge
-    ratio), the given batch size, ``drop_last=True``, seeded workers. Other phases: batch size 1,
+    Train: a :class:`ResumableBatchSampler` over a ``ResumableSampler`` (seeded shuffle,
+    per-sample seeds, distributed split, enlarge ratio); ``batch_size`` may be a schedule, and the
+    dataset's non-constant ``schedules`` (e.g. a patch-size schedule) become per-batch knobs;
+    ``accumulate`` (micro-batches per step) maps batches to steps. Other phases: batch size 1,
     in order, and with ``world_size > 1`` each rank takes a disjoint share (``ShardSampler``).
     """
-    if batch_size < 1:
+    sizes = batch_size.values() if isinstance(batch_size, Schedule) else [batch_size]
+    if min(sizes) < 1:
         raise ValueError(f"build_dataloader: batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"build_dataloader: num_workers must be >= 0, got {num_workers}")
     n = len(dataset)
-    train = phase == "train"
-    if train:
-        sampler = ResumableSampler(n, seed, True, rank, world_size, dataset_enlarge_ratio)
-        if len(sampler) < batch_size:
-            raise ValueError(
-                f"build_dataloader: {len(sampler)} training samples per process "
-                f"(dataset {n} x enlarge ratio {dataset_enlarge_ratio} / {world_size} processes) "
-                f"is fewer than batch_size {batch_size}; with drop_last no batch would be made"
-            )
-    else:
-        sampler = ShardSampler(n, rank, world_size)
-        batch_size = 1
-
+    common = {"num_workers": num_workers, "pin_memory": pin_memory and torch.cuda.is_available(),
+              "persistent_workers": persistent_workers and num_workers > 0,
+              "worker_init_fn": functools.partial(_seed_worker, rank=rank),
+              "prefetch_factor": 4 if num_workers > 0 else None}
     generator = torch.Generator()
     generator.manual_seed(_mix_seed(seed, rank, 0))
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=pin_memory and torch.cuda.is_available(),
-        persistent_workers=persistent_workers and num_workers > 0,
-        drop_last=train,
-        worker_init_fn=functools.partial(_seed_worker, rank=rank),
-        generator=generator,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
+    if phase != "train":
+        return DataLoader(dataset, batch_size=1, sampler=ShardSampler(n, rank, world_size), generator=generator,
+                          **common)
+    sampler = ResumableSampler(n, seed, True, rank, world_size, dataset_enlarge_ratio)
+    if len(sampler) < max(sizes):
+        raise ValueError(
+            f"build_dataloader: {len(sampler)} training samples per process "
+            f"(dataset {n} x enlarge ratio {dataset_enlarge_ratio} / {world_size} processes) "
+            f"is fewer than batch_size {max(sizes)}; with drop_last no batch would be made"
+        )
+    batches = ResumableBatchSampler(sampler, batch_size, getattr(dataset, "schedules", {}), accumulate)
+    return DataLoader(dataset, batch_sampler=batches, generator=generator, **common)
+
+
+def build_loaders(opt: Any, device: torch.device) -> tuple[Any, dict[str, DataLoader]]:
+    """The training batch stream and the validation loaders of a validated option set."""
+    from data.batch_stream import BatchStream
+    from utils import dist
+    from utils.logger import get_logger
+
+    stream, val_loaders = None, {}
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for key, ds_opt in opt.datasets.items():
+        name = ds_opt.get("name") or key
+        if key != "train":
+            val_loaders[name] = build_val_loader(ds_opt, rank, world)
+            continue
+        dataset = build_dataset(ds_opt)
+        loader = build_dataloader(
+            dataset, "train", ds_opt["batch_size_per_gpu"], ds_opt["num_worker_per_gpu"],
+            pin_memory=ds_opt["pin_memory"] and device.type == "cuda", persistent_workers=ds_opt["persistent_workers"],
+            seed=opt.manual_seed, rank=rank, world_size=world, dataset_enlarge_ratio=ds_opt["dataset_enlarge_ratio"],
+            accumulate=opt.train.accumulate_grad_batches if opt.train else 1)
+        stream = BatchStream(loader, device, ds_opt.get("prefetch_mode"), opt.channels_last)
+        live = ", ".join(f"{k} {v.to_spec()}" for k, v in getattr(dataset, "schedules", {}).items())
+        get_logger().info(f"train set '{name}': {len(dataset)} images, {len(loader)} batches per epoch per GPU"
+                          + (f"; scheduled: {live}" if live else ""))
+    return stream, val_loaders

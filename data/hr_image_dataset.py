@@ -11,6 +11,7 @@ from data.imresize import imresize
 from data.paired_image_dataset import SRImageDatasetBase
 from data.transforms import augment, mod_crop, random_crop
 from utils.registry import DATASET_REGISTRY
+from utils.schedule import Scheduled
 
 
 @DATASET_REGISTRY.register()
@@ -27,20 +28,23 @@ class HRImageDataset(SRImageDatasetBase):
         dataroot_gt: str,
         scale: int = 4,
         phase: str = "train",
-        gt_size: int | None = None,
+        gt_size: Scheduled | None = None,
         use_hflip: bool = True,
         use_rot: bool = True,
+        aug_prob: Scheduled = 0.5,
+        meta_info_file: str | None = None,
     ) -> None:
-        super().__init__(scale, phase, gt_size, use_hflip, use_rot)
+        super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob)
         self.dataroot_gt = dataroot_gt
         self.gt_paths = list_images(dataroot_gt)
+        self._filter_meta_info(meta_info_file)
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
         gt_path = self.gt_paths[index]
         gt = read_image(gt_path, as_float=False)
         if rng is not None:
-            gt = random_crop(gt, self.gt_size, rng, gt_path)
-            gt = augment([gt], self.use_hflip, self.use_rot, rng)[0]
+            gt = random_crop(gt, int(self.option("gt_size")), rng, gt_path)
+            gt = augment([gt], self.use_hflip, self.use_rot, rng, self.option("aug_prob"))[0]
         else:
             gt = mod_crop(gt, self.scale)
             if gt.shape[0] == 0 or gt.shape[1] == 0:

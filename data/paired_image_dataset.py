@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from data.image_io import ImageReadError, img2tensor, list_images, read_image, tensor_to_float
 from data.transforms import augment, mod_crop, paired_random_crop
 from utils.registry import DATASET_REGISTRY
+from utils.schedule import Schedule, Scheduled, as_schedule, integer_schedule
 
 logger = logging.getLogger("upforge")
 
@@ -30,28 +31,76 @@ class SRImageDatasetBase(Dataset):
     (``dataset[(index, seed)]``, as ``ResumableSampler`` yields) or else one drawn from torch's RNG.
     """
 
-    def __init__(self, scale: int, phase: str, gt_size: int | None, use_hflip: bool, use_rot: bool) -> None:
+    #: options that may change during a run (a schedule in the option file, or an automation)
+    live_options: tuple[str, ...] = ("gt_size", "aug_prob")
+
+    def __init__(self, scale: int, phase: str, gt_size: Any, use_hflip: bool, use_rot: bool,
+                 aug_prob: Any = 0.5) -> None:
         name = type(self).__name__
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"{name}: scale must be a positive integer, got {scale!r}")
         if phase not in PHASES:
             raise ValueError(f"{name}: phase must be one of {', '.join(PHASES)}, got {phase!r}")
+        self.scale = scale
+        self.phase = phase
+        self.use_hflip = use_hflip
+        self.use_rot = use_rot
+        # Scheduled options: the value at step 0 is the default; non-constant schedules are handed
+        # to the batch sampler, which evaluates them per batch and passes the values with the indices.
+        self.schedules: dict[str, Schedule] = {}
+        self.gt_size = None
         if phase == "train":
             if gt_size is None:
                 raise ValueError(f"{name}: gt_size is required when phase is 'train'")
-            if isinstance(gt_size, bool) or not isinstance(gt_size, int) or gt_size < 1:
-                raise ValueError(f"{name}: gt_size must be a positive integer, got {gt_size!r}")
-            if gt_size % scale != 0:
-                raise ValueError(f"{name}: gt_size {gt_size} is not a multiple of scale {scale}")
-        self.scale = scale
-        self.phase = phase
-        self.gt_size = gt_size
-        self.use_hflip = use_hflip
-        self.use_rot = use_rot
+            self.gt_size = self._schedule("gt_size", integer_schedule(gt_size, f"{name}: gt_size"))
+        self.aug_prob = self._schedule("aug_prob", as_schedule(aug_prob))
         self.gt_paths: list[Path] = []
+        self._knobs: dict[str, Any] = {}
         # Per process: each DataLoader worker keeps its own count and list.
         self.num_skipped = 0
         self._unreadable: set[int] = set()
+
+    def _schedule(self, option: str, sched: Schedule) -> Any:
+        for value in sched.values():
+            self.check_knob(option, value)
+        if not sched.is_constant:
+            self.schedules[option] = sched
+        return sched(0)
+
+    def check_knob(self, option: str, value: Any) -> None:
+        """Raise if ``value`` is not valid for the live option ``option``."""
+        name = type(self).__name__
+        if option == "gt_size" and (isinstance(value, bool) or int(value) != value or value < 1
+                                    or int(value) % self.scale):
+            raise ValueError(f"{name}: gt_size must be a positive multiple of scale {self.scale}, got {value!r}")
+        if option == "aug_prob" and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}: aug_prob must be in [0, 1], got {value!r}")
+
+    def option(self, name: str) -> Any:
+        """A live option's value for the sample being made (its knob, else the default)."""
+        return self._knobs.get(name, getattr(self, name))
+
+    def _filter_meta_info(self, meta_info_file: str | None) -> None:
+        """Keep only the gt images a BasicSR ``meta_info_file`` lists (one relative path per line,
+        anything after the first space ignored), e.g. the list ``scripts/score_complexity.py``
+        writes of the images at or above a complexity threshold."""
+        if not meta_info_file:
+            return
+        path = Path(meta_info_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"{type(self).__name__}: meta_info_file not found: {path}")
+        names = [line.split(" ")[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        by_rel = {p.relative_to(self.dataroot_gt).as_posix(): i for i, p in enumerate(self.gt_paths)}
+        by_name = {p.name: i for i, p in enumerate(self.gt_paths)}
+        missing = [n for n in names if n not in by_rel and n not in by_name]
+        if missing:
+            raise FileNotFoundError(
+                f"{type(self).__name__}: {len(missing)} images listed in {path} are not in "
+                f"{self.dataroot_gt}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+        keep = sorted({by_rel.get(n, by_name.get(n)) for n in names})
+        self.gt_paths = [self.gt_paths[i] for i in keep]
+        if hasattr(self, "lq_paths"):
+            self.lq_paths = [self.lq_paths[i] for i in keep]
 
     def __len__(self) -> int:
         return len(self.gt_paths)
@@ -67,11 +116,15 @@ class SRImageDatasetBase(Dataset):
         return {"lq": lq_t, "gt": gt_t, "lq_path": str(lq_path), "gt_path": str(gt_path)}
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        """``item`` is an index, or an ``(index, sample_seed)`` pair from a seeding sampler."""
+        """``item`` is an index, an ``(index, sample_seed)`` pair from a seeding sampler, or an
+        ``(index, sample_seed, knobs)`` triple whose knobs set live options for this sample."""
+        knobs: dict[str, Any] = {}
         if isinstance(item, (tuple, list)):
             index, seed = int(item[0]), int(item[1])
+            knobs = item[2] if len(item) > 2 else {}
         else:
             index, seed = int(item), None
+        self._knobs = knobs
         n = len(self)
         if not 0 <= index < n:
             raise IndexError(f"{type(self).__name__}: index {index} out of range for {n} images")
@@ -154,12 +207,14 @@ class PairedImageDataset(SRImageDatasetBase):
         dataroot_lq: str,
         scale: int = 4,
         phase: str = "train",
-        gt_size: int | None = None,
+        gt_size: Scheduled | None = None,
         use_hflip: bool = True,
         use_rot: bool = True,
+        aug_prob: Scheduled = 0.5,
         filename_tmpl: str = "{}",
+        meta_info_file: str | None = None,
     ) -> None:
-        super().__init__(scale, phase, gt_size, use_hflip, use_rot)
+        super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob)
         if "{}" not in filename_tmpl:
             raise ValueError(f"PairedImageDataset: filename_tmpl {filename_tmpl!r} must contain '{{}}'")
         self.dataroot_gt = dataroot_gt
@@ -176,6 +231,6 @@ class PairedImageDataset(SRImageDatasetBase):
         lq = read_image(lq_path, as_float=False)
         gt = align_pair(gt, lq, self.scale, gt_path, lq_path)
         if rng is not None:
-            gt, lq = paired_random_crop(gt, lq, self.gt_size, self.scale, rng, gt_path)
-            gt, lq = augment([gt, lq], self.use_hflip, self.use_rot, rng)
+            gt, lq = paired_random_crop(gt, lq, int(self.option("gt_size")), self.scale, rng, gt_path)
+            gt, lq = augment([gt, lq], self.use_hflip, self.use_rot, rng, self.option("aug_prob"))
         return gt, lq, gt_path, lq_path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -67,3 +68,59 @@ class ResumableSampler(Sampler):
 
     def __len__(self) -> int:
         return self.per_rank
+
+
+class ResumableBatchSampler(Sampler):
+    """Batches of ``(index, sample_seed, knobs)`` from a :class:`ResumableSampler`'s epoch order.
+
+    The batch size and the live dataset settings ("knobs", e.g. ``gt_size``) are functions of
+    the training step a batch is consumed in: batch ``k`` of the run (counted from its start,
+    across epochs) belongs to step ``k // accumulate + 1``. Every sample of a batch carries the
+    same knobs, so no batch mixes patch sizes, and since the knobs travel with the indices the
+    dataset copies inside persistent workers need no update. ``overrides`` (set by automations)
+    take precedence over the schedules. A pass starts ``start`` samples into the epoch's order
+    and ends when fewer samples than the next batch size remain (``drop_last``).
+    """
+
+    def __init__(self, sampler: ResumableSampler, batch_size: Any, knobs: dict[str, Any] | None = None,
+                 accumulate: int = 1) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size  # a Schedule or an int
+        self.knobs = dict(knobs or {})
+        self.accumulate = accumulate
+        self.overrides: dict[str, Any] = {}
+        self.first_batch = 0  # run-wide number of the next pass's first batch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def set_start(self, position: int, first_batch: int) -> None:
+        self.sampler.set_start(position)
+        self.first_batch = first_batch
+
+    def size_at(self, step: int) -> int:
+        if "batch_size" in self.overrides:
+            return int(self.overrides["batch_size"])
+        return int(self.batch_size(step)) if callable(self.batch_size) else int(self.batch_size)
+
+    def knobs_at(self, step: int) -> dict[str, Any]:
+        values = {name: sched(step) for name, sched in self.knobs.items()}
+        values.update({k: v for k, v in self.overrides.items() if k != "batch_size"})
+        return values
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, dict[str, Any]]]]:
+        items = list(iter(self.sampler))
+        position, batch = 0, self.first_batch
+        while True:
+            step = batch // self.accumulate + 1
+            size = self.size_at(step)
+            if position + size > len(items):
+                return
+            knobs = self.knobs_at(step)
+            yield [(index, seed, knobs) for index, seed in items[position:position + size]]
+            position += size
+            batch += 1
+
+    def __len__(self) -> int:
+        """Batches per full epoch at the current size (the size may change during the epoch)."""
+        return len(self.sampler) // self.size_at(self.first_batch // self.accumulate + 1)

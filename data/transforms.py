@@ -62,17 +62,20 @@ def paired_random_crop(
     return gt_patch, lq_patch
 
 
-def augment(imgs: list[np.ndarray], hflip: bool, rot: bool, rng: np.random.Generator) -> list[np.ndarray]:
+def augment(imgs: list[np.ndarray], hflip: bool, rot: bool, rng: np.random.Generator,
+            prob: float = 0.5) -> list[np.ndarray]:
     """Apply one random draw of h-flip, v-flip and transpose to every image alike.
 
     As in BasicSR, ``rot`` enables the vertical flip and the transpose (together they give all
-    90-degree rotations). Three random numbers are drawn on every call, so the generator
-    advances the same way whatever the flags are.
+    90-degree rotations); each enabled one happens with probability ``prob`` (0.5 gives the 8
+    dihedral variants equally often; a schedule from 0 up to 0.5 is an augmentation curriculum).
+    Three random numbers are drawn on every call, so the generator advances the same way
+    whatever the flags are.
     """
     draws = rng.random(3)
-    do_h = hflip and draws[0] < 0.5
-    do_v = rot and draws[1] < 0.5
-    do_t = rot and draws[2] < 0.5
+    do_h = hflip and draws[0] < prob
+    do_v = rot and draws[1] < prob
+    do_t = rot and draws[2] < prob
 
     def apply(img: np.ndarray) -> np.ndarray:
         if do_h:

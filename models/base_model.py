@@ -1,25 +1,32 @@
-"""Shared machinery of every runner: devices, precision, networks, EMA, state, validation."""
+"""Shared machinery of every runner: devices, precision, the parts of a training step, state,
+and validation driven by the runner's own ``run_sample``."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from models.loss_set import loss_inputs
 from utils import dist
 from utils.checkpoint import rng_state, set_rng_state
 from utils.ema import ModelEMA
 from utils.logger import get_logger
-from utils.options import Options
+from utils.options import MetricEntry, Options, head_and_kwargs
 from utils.registry import ARCH_REGISTRY, METRIC_REGISTRY, OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
 from utils.tiling import tile_forward
 from utils.tta import tta_forward
 from utils.weights import load_network, unwrap_model
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN or inf; raised at the next logging or saving point."""
 
 
 def build_network(net_opt: dict[str, Any]) -> nn.Module:
@@ -38,7 +45,52 @@ def quantize(img: torch.Tensor) -> torch.Tensor:
 
 
 class BaseModel:
-    """Builds and owns the networks, optimisers, schedulers and EMA of one run."""
+    """Builds and owns the networks, optimisers, schedulers and EMA of one run.
+
+    A training step is assembled from parts, so a runner with a second network adds its update
+    without copying the first: ``accumulate(batches, key)`` → forward → losses →
+    ``backward(loss, key, n)`` → ``optimizer_step(key)`` (unscale, clip, step) → ``end_step``
+    (scaler update, EMA, schedulers). Optimisers are named (``g``, ``d``, ...); ``trained_nets``
+    maps each to the network it updates.
+    """
+
+    #: option sections the runner adds: name → (annotation, default), top level and under train:
+    option_fields: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    train_option_fields: ClassVar[dict[str, tuple[Any, Any]]] = {}
+    #: named tensors a training loss may ask for
+    loss_tensors: ClassVar[frozenset[str]] = frozenset()
+    #: validation outputs (metrics score the first unless they name another with ``output``)
+    outputs: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def check_options(cls, opt: Options) -> list[tuple[str, str]]:
+        """Problems that span sections, found before anything is built."""
+        problems = []
+        metrics = opt.val.metrics if opt.val is not None else {}
+        t = opt.train
+        if t is not None:
+            if not t.losses:
+                problems.append(("train.losses", "at least one loss is needed"))
+            if "train" not in opt.datasets:
+                problems.append(("datasets.train", "a training dataset is required when train: is given"))
+            for i, entry in enumerate(t.losses):
+                for name in loss_inputs(entry):
+                    if name not in cls.loss_tensors:
+                        problems.append((f"train.losses[{i}]", f"{entry['type']} needs the tensor '{name}', which "
+                                         f"{cls.__name__} does not provide (it has {', '.join(sorted(cls.loss_tensors))})"))
+            sched = t.scheduler or {}
+            if sched.get("monitor") and sched["monitor"] not in metrics:
+                problems.append(("train.scheduler.monitor", f"'{sched['monitor']}' is not a val.metrics name"))
+            if sched and hasattr(SCHEDULER_REGISTRY.get(sched["type"]), "observe_required") and not metrics:
+                problems.append(("train.scheduler", f"{sched['type']} watches a validation metric: add val.metrics"))
+        for name, mopt in metrics.items():
+            if mopt.get("output") and mopt["output"] not in cls.outputs:
+                problems.append((f"val.metrics.{name}.output",
+                                 f"'{mopt['output']}' is not an output of {cls.__name__} ({', '.join(cls.outputs)})"))
+        keep = opt.logger.keep_best
+        if keep is not None and keep.metric not in metrics:
+            problems.append(("logger.keep_best.metric", f"'{keep.metric}' is not a val.metrics name"))
+        return problems
 
     def __init__(self, opt: Options, device: torch.device) -> None:
         self.opt = opt
@@ -53,11 +105,20 @@ class BaseModel:
             torch.backends.cudnn.allow_tf32 = opt.tf32
             torch.backends.cudnn.benchmark = True
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
-        self.nets: dict[str, nn.Module] = {}
+        self.nets: dict[str, nn.Module] = {}  # bare networks, by name
+        self.train_nets: dict[str, nn.Module] = {}  # the same, wrapped by DDP / torch.compile
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.trained_nets: dict[str, str] = {}  # optimiser key → network name
         self.schedulers: dict[str, Any] = {}
+        self.grad_clip: dict[str, float | None] = {}
         self.ema: ModelEMA | None = None
+        self.ema_of = "net_g"
         self.best: dict[str, dict[str, dict[str, float]]] = {}
+        self._log_sums: dict[str, torch.Tensor] = {}
+        self._log_counts: dict[str, int] = {}
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self._has_grad: set[str] = set()
+        self._scaler_stepped = False
 
     # ------------------------------------------------------------------ building
 
@@ -87,29 +148,130 @@ class BaseModel:
             net = torch.compile(net, mode=mode)
         return net
 
-    def build_optimizer(self, optim_opt: dict[str, Any], params: list) -> torch.optim.Optimizer:
+    def add_trained(self, name: str, net: nn.Module, key: str, optim_opt: dict[str, Any],
+                    sched_opt: dict[str, Any] | None, grad_clip: float | None, params: list | None = None) -> None:
+        """Register ``net`` as trained by optimiser ``key`` (with its scheduler and clipping)."""
+        net.train()
+        self.nets[name] = net
+        self.train_nets[name] = self.wrap(net, self.opt.compile)
+        params = params if params is not None else [p for p in net.parameters() if p.requires_grad]
         kwargs = {k: v for k, v in optim_opt.items() if k != "type"}
-        return OPTIMIZER_REGISTRY.get(optim_opt["type"])(params, **kwargs)
-
-    def build_scheduler(self, sched_opt: dict[str, Any] | None, optimizer: torch.optim.Optimizer) -> Any:
-        if sched_opt is None:
-            return None
-        kwargs = {k: v for k, v in sched_opt.items() if k != "type"}
-        return SCHEDULER_REGISTRY.get(sched_opt["type"])(optimizer, **kwargs)
+        self.optimizers[key] = OPTIMIZER_REGISTRY.get(optim_opt["type"])(params, **kwargs)
+        self.trained_nets[key] = name
+        self.grad_clip[key] = grad_clip
+        if sched_opt is not None:
+            kwargs = {k: v for k, v in sched_opt.items() if k != "type"}
+            self.schedulers[key] = SCHEDULER_REGISTRY.get(sched_opt["type"])(self.optimizers[key], **kwargs)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    # ----------------------------------------------------------- step in parts
+
+    def accumulate(self, batches: list[dict[str, Any]], key: str) -> Iterator[dict[str, Any]]:
+        """Yield the micro-batches of one step; under DDP, gradients are reduced on the last only."""
+        net = self.train_nets[self.trained_nets[key]]
+        ddp = unwrap_ddp(net)
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1
+            with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
+                yield batch
+
+    def backward(self, loss: torch.Tensor | None, key: str, micro_batches: int = 1) -> None:
+        """Backward the (scaled) loss of one micro-batch; None (every weight 0) does nothing."""
+        if loss is None:
+            return
+        self._nonfinite |= ~torch.isfinite(loss.detach())
+        self.scaler.scale(loss / micro_batches).backward()
+        self._has_grad.add(key)
+
+    def optimizer_step(self, key: str) -> None:
+        """Unscale, clip (logging the norm) and step optimiser ``key``; skipped when no loss reached
+        it this step, so a step whose weights are all 0 changes nothing."""
+        optimizer = self.optimizers[key]
+        if key not in self._has_grad:
+            optimizer.zero_grad(set_to_none=True)
+            return
+        self._has_grad.discard(key)
+        clip = self.grad_clip.get(key)
+        if clip is not None:
+            self.scaler.unscale_(optimizer)
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+            self.log_value(f"grad_norm/{key}" if key != "g" else "grad_norm", norm)
+        self.scaler.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        self._scaler_stepped = True
+
+    def end_step(self, iteration: int) -> None:
+        """After every optimiser of the step: scaler update, EMA, schedulers."""
+        if self._scaler_stepped:
+            self.scaler.update()
+            self._scaler_stepped = False
+        if self.ema is not None:
+            self.ema.update(self.nets[self.ema_of], iteration)
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    def train_step(self, batches: list[dict[str, Any]], iteration: int) -> None:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------------- logs
+
+    def log_value(self, key: str, value: torch.Tensor) -> None:
+        """Add a device scalar to the running sums read at the next logging step (no host sync)."""
+        value = value.detach().float()
+        if key in self._log_sums:
+            self._log_sums[key] += value
+            self._log_counts[key] += 1
+        else:
+            self._log_sums[key] = value.clone()
+            self._log_counts[key] = 1
+
+    def check_finite(self, iteration: int) -> None:
+        """Raise on every rank if any rank's loss went NaN/inf since the start (a collective under
+        DDP: all ranks call it at the same steps, before any save)."""
+        flag = self._nonfinite.to(torch.int32)
+        if dist.is_dist():
+            flag = flag.clone()
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if bool(flag):
+            raise NonFiniteLossError(
+                f"the training loss became NaN or inf before iteration {iteration}; nothing was saved after that "
+                "and earlier checkpoints are untouched. Try a lower learning rate, train.grad_clip, amp: bf16 "
+                "instead of fp16, or check the training images."
+            )
+
+    def pop_logs(self, iteration: int) -> dict[str, float]:
+        """Mean of each logged term since the last call, averaged over ranks; raises if anything
+        went non-finite."""
+        self.check_finite(iteration)
+        logs = {}
+        if self._log_sums:
+            keys = list(self._log_sums)
+            values = torch.stack([self._log_sums[k] / self._log_counts[k] for k in keys])
+            if dist.is_dist():
+                torch.distributed.all_reduce(values)
+                values /= dist.get_world_size()
+            logs = dict(zip(keys, values.cpu().tolist()))
+        self._log_sums.clear()
+        self._log_counts.clear()
+        for key, optimizer in self.optimizers.items():
+            groups = optimizer.param_groups
+            for i, group in enumerate(groups):
+                logs[f"lr/net_{key}" + (f"_{i}" if len(groups) > 1 else "")] = group["lr"]
+        return logs
+
     # -------------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "nets": {k: unwrap_model(v).state_dict() for k, v in self.nets.items()},
+            "nets": {k: v.state_dict() for k, v in self.nets.items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
-            "schedulers": {k: v.state_dict() for k, v in self.schedulers.items() if v is not None},
+            "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
             "best": self.best,
             "rng": rng_state(),
@@ -117,26 +279,39 @@ class BaseModel:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, sd in state["nets"].items():
-            unwrap_model(self.nets[k]).load_state_dict(sd)
+            self.nets[k].load_state_dict(sd)
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         for k, sd in state["optimizers"].items():
             self.optimizers[k].load_state_dict(sd)
         for k, sd in state["schedulers"].items():
-            if self.schedulers.get(k) is not None:
+            if k in self.schedulers:
                 self.schedulers[k].load_state_dict(sd)
         self.scaler.load_state_dict(state["scaler"])
         self.best = state.get("best", {})
         set_rng_state(state["rng"])
 
+    def checkpoint_nets(self) -> dict[str, nn.Module]:
+        """The weight files a checkpoint writes: every trained network, and its EMA copy."""
+        nets = {name: self.nets[name] for name in self.trained_nets.values()}
+        if self.ema is not None:
+            nets[f"{self.ema_of}_ema"] = self.ema.module
+        return nets
+
+    def fingerprint(self) -> list[float]:
+        """A cheap per-tensor checksum of the trained networks (to compare DDP replicas)."""
+        with torch.no_grad():
+            return [float(p.double().sum()) for name in self.trained_nets.values()
+                    for p in self.nets[name].parameters()]
+
     # --------------------------------------------------------------- inference
 
     def eval_net(self) -> nn.Module:
-        """The network used for validation and export: the EMA copy when EMA is on."""
-        raise NotImplementedError
+        """The network validated, exported and kept as best: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema is not None else self.nets[self.ema_of]
 
     @torch.no_grad()
-    def inference(self, lq: torch.Tensor, net: nn.Module | None = None) -> torch.Tensor:
+    def inference(self, lq: torch.Tensor, net: nn.Module | Any | None = None) -> torch.Tensor:
         net = net if net is not None else self.eval_net()
         val = self.opt.val
         tile, overlap, tta = (val.tile, val.tile_overlap, val.tta) if val is not None else (0, 16, False)
@@ -159,6 +334,24 @@ class BaseModel:
 
     # --------------------------------------------------------------- validation
 
+    def run_sample(self, sample: dict[str, Any], net: Any = None) -> tuple[dict[str, torch.Tensor],
+                                                                           dict[str, torch.Tensor]]:
+        """Run one validation sample: ``(outputs, targets)``, both keyed by output name."""
+        raise NotImplementedError
+
+    def save_outputs(self, outputs: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
+        """Write one sample's outputs as images under ``folder``."""
+        raise NotImplementedError
+
+    def panel(self, sample: dict[str, Any], outputs: dict[str, torch.Tensor],
+              targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A CHW image for TensorBoard showing input, outputs and targets side by side."""
+        raise NotImplementedError
+
+    def baselines(self, loaders: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Scores of simple reference methods (``val.baselines``); none by default."""
+        return {}
+
     @torch.no_grad()
     def validate(
         self,
@@ -167,33 +360,26 @@ class BaseModel:
         iteration: int,
         save_dir: Path | None = None,
         tb: Any = None,
-        net: nn.Module | None = None,
+        net: Any = None,
         tb_images: int = 3,
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Metrics on whole images from a validation loader (batch 1); results are gathered from all ranks."""
-        from data.image_io import tensor2img, write_image
-
+        """Metrics over a validation loader (batch 1); each rank runs its share, results are gathered."""
         metrics = self.opt.val.metrics if self.opt.val is not None else {}
         rows: list[dict[str, Any]] = []
-        # The loader's ShardSampler gives each rank its own images, one per batch.
         for index, sample in enumerate(loader):
-            lq = sample["lq"].to(self.device)
-            gt = sample["gt"].to(self.device)
-            sr = quantize(self.inference(lq, net))
-            stem = Path(sample["lq_path"][0]).stem
+            outputs, targets = self.run_sample(sample, net)
+            stem = Path(sample.get("lq_path", sample.get("gt_path", [f"{index:05d}"]))[0]).stem
             row: dict[str, Any] = {"name": stem}
             for name, mopt in metrics.items():
-                fn = METRIC_REGISTRY.get(mopt["type"])
-                kwargs = {k: v for k, v in mopt.items() if k not in ("type", "better")}
-                row[name] = float(fn(sr, gt, **kwargs)[0])
+                head, kwargs = head_and_kwargs(mopt, MetricEntry)
+                out = head.get("output") or self.outputs[0]
+                row[name] = float(METRIC_REGISTRY.get(mopt["type"])(outputs[out], targets[out], **kwargs)[0])
             rows.append(row)
             if save_dir is not None:
                 # during training the iteration tells the images apart; test runs save plain names
-                write_image(save_dir / (f"{stem}_{iteration}.png" if iteration else f"{stem}.png"), tensor2img(sr[0]))
+                self.save_outputs(outputs, save_dir, f"{stem}_{iteration}" if iteration else stem)
             if tb is not None and index < tb_images and dist.is_main():
-                up = torch.nn.functional.interpolate(lq.float(), size=gt.shape[-2:], mode="nearest")
-                panel = torch.cat([up[0].clamp(0, 1), sr[0], gt[0]], dim=-1)
-                tb.image(f"val_images/{dataset_name}/{stem}", panel.cpu(), iteration)
+                tb.image(f"val_images/{dataset_name}/{stem}", self.panel(sample, outputs, targets).cpu(), iteration)
         gathered = dist.all_gather_objects(rows)
         rows = sorted((r for part in gathered for r in part), key=lambda r: r["name"])
         means = {name: sum(r[name] for r in rows) / max(len(rows), 1) for name in metrics}
@@ -201,7 +387,7 @@ class BaseModel:
 
     def metric_better(self, name: str) -> str:
         mopt = self.opt.val.metrics[name]
-        if "better" in mopt:
+        if mopt.get("better"):
             return mopt["better"]
         return "higher" if getattr(METRIC_REGISTRY.get(mopt["type"]), "higher_is_better", True) else "lower"
 
@@ -217,3 +403,26 @@ class BaseModel:
                 table[name] = {"value": value, "iter": iteration}
             improved[name] = better
         return improved
+
+    def observe_validation(self, means: dict[str, float], iteration: int) -> None:
+        """Feed schedulers that watch a metric (e.g. ReduceLROnPlateau) the first set's scores."""
+        for key, scheduler in self.schedulers.items():
+            observe = getattr(scheduler, "observe", None)
+            if observe is None or not means:
+                continue
+            name = getattr(scheduler, "monitor", None) or next(iter(means))
+            before = getattr(scheduler, "reductions", None)
+            observe(means[name], self.metric_better(name) == "higher", iteration)
+            if before is not None and scheduler.reductions != before:
+                self.log.info(f"scheduler {key}: {name} has not improved; LR reduced to "
+                              f"{self.optimizers[key].param_groups[0]['lr']:.3g} at iteration {iteration}")
+
+
+def unwrap_ddp(net: nn.Module) -> nn.parallel.DistributedDataParallel | None:
+    """The DDP wrapper inside ``net`` (which torch.compile may wrap), if any."""
+    while True:
+        if isinstance(net, nn.parallel.DistributedDataParallel):
+            return net
+        if not hasattr(net, "_orig_mod"):
+            return None
+        net = net._orig_mod

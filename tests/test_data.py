@@ -320,7 +320,7 @@ def test_corrupt_training_image_is_skipped_and_counted(tmp_path: Path, caplog) -
 
 
 def _batches(loader, epoch: int) -> list[torch.Tensor]:
-    loader.sampler.set_epoch(epoch)
+    loader.batch_sampler.set_epoch(epoch)
     return [b["gt"] for b in loader]
 
 

@@ -41,8 +41,8 @@ def test_two_process_gloo_training(tmp_path, hr_folder):
     # validation is sharded across the ranks, and every image of the set is saved once
     assert len(list((exp / "visualization" / "tinyval").glob("*_6.png"))) == 6
     state = torch.load(exp / "training_states" / "6.state", weights_only=False)
-    # 6 images over 2 ranks = 3 samples per rank per epoch = 1 batch of 2; step 6 is epoch 5, batch 1.
-    assert state["data"] == {"epoch": 5, "batches_done": 1}
+    # 6 images over 2 ranks = 3 samples per rank per epoch = 1 batch of 2; step 6 is epoch 5, 2 samples in.
+    assert state["data"] == {"epoch": 5, "position": 2, "batches": 6, "overrides": {}}
     saved = load_file(str(exp / "models" / "net_g_6.safetensors"))
     assert set(saved) == set(state["model"]["nets"]["net_g"])
     assert all(torch.equal(saved[k], state["model"]["nets"]["net_g"][k]) for k in saved)

@@ -11,7 +11,8 @@ import yaml
 
 from tests.conftest import ROOT, small_train_yaml
 from utils.options import OptionsError, apply_override, load_options, parse_options
-from utils.steps import piecewise, resolve_step
+from utils.schedule import Schedule
+from utils.steps import resolve_step
 
 SHIPPED = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "options").rglob("*.yml"))
 
@@ -122,15 +123,15 @@ def test_step_helpers():
         resolve_step("0.5T", None)
     with pytest.raises(ValueError):
         resolve_step(2.5, 10)
-    schedule = {0: 0.0, 80: 0.02, 90: 0.05}
-    assert [piecewise(schedule, s) for s in (0, 79, 80, 95)] == [0.0, 0.0, 0.02, 0.05]
-    assert piecewise({10: 1.0}, 5) == 0.0
+    schedule = Schedule.parse({0: 0.0, 80: 0.02, 90: 0.05})
+    assert [schedule(s) for s in (0, 79, 80, 95)] == [0.0, 0.0, 0.02, 0.05]
+    assert Schedule.parse({10: 1.0})(5) == 0.0
 
 
 def test_loss_weight_schedule_keys_accept_fractions(tmp_path, hr_folder):
     path = small_train_yaml(tmp_path, hr_folder)
     opt = load_options(path, ["train.losses[0].loss_weight={0: 1.0, 0.5T: 0.25}"])
-    assert opt.train.losses[0]["loss_weight"] == {0: 1.0, 10: 0.25}
+    assert opt.train.losses[0]["loss_weight"].to_spec() == {0: 1.0, 10: 0.25}
 
 
 def test_missing_required_sections():

@@ -1,70 +1,13 @@
-"""Learning-rate schedules, EMA, gradient accumulation and clipping against hand-computed values."""
+"""EMA, gradient accumulation and clipping against hand-computed values."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 from torch import nn
 
-from models.lr_schedulers import CosineAnnealingLR, MultiStepLR
 from models.optimizers import Adam
 from utils.ema import ModelEMA
-
-
-def _opt(lr: float = 1.0, groups: int = 1) -> torch.optim.Optimizer:
-    params = [{"params": [torch.zeros(1, requires_grad=True)], "lr": lr * (i + 1)} for i in range(groups)]
-    return torch.optim.SGD(params, lr=lr)
-
-
-def _lrs(sched, steps: int) -> list[float]:
-    out = [sched.get_last_lr()[0]]
-    for _ in range(steps):
-        sched.step()
-        out.append(sched.get_last_lr()[0])
-    return out
-
-
-def test_multistep_with_warmup():
-    sched = MultiStepLR(_opt(2.0), milestones=[6, 8], gamma=0.5, warmup_iter=4, warmup_start_factor=0.25)
-    # warm-up 2*(0.25 + 0.75*s/4) for s < 4, then 2, halved at 6 and again at 8
-    assert _lrs(sched, 9) == pytest.approx([0.5, 0.875, 1.25, 1.625, 2, 2, 1, 1, 0.5, 0.5])
-
-
-def test_cosine_with_warmup_and_floor_for_every_group():
-    opt = _opt(1.0, groups=2)
-    sched = CosineAnnealingLR(opt, total_iter=12, eta_min=0.1, warmup_iter=2, warmup_start_factor=0.5)
-    expected = []
-    for step in range(13):
-        row = []
-        for base in (1.0, 2.0):
-            if step < 2:
-                row.append(base * (0.5 + 0.5 * step / 2))
-            else:
-                t = (step - 2) / 10
-                row.append(0.1 + (base - 0.1) * 0.5 * (1 + math.cos(math.pi * t)))
-        expected.append(row)
-    got = [sched.get_last_lr()]
-    for _ in range(12):
-        sched.step()
-        got.append(sched.get_last_lr())
-    assert got == [pytest.approx(r) for r in expected]
-    assert got[-1] == pytest.approx([0.1, 0.1])  # eta_min is an absolute floor for each group
-
-
-def test_scheduler_state_round_trip():
-    a = CosineAnnealingLR(_opt(), total_iter=10, warmup_iter=2)
-    for _ in range(5):
-        a.step()
-    b = CosineAnnealingLR(_opt(), total_iter=10, warmup_iter=2)
-    b.load_state_dict(a.state_dict())
-    assert b.get_last_lr() == a.get_last_lr()
-    a.step()
-    b.step()
-    assert b.get_last_lr() == a.get_last_lr()
-    with pytest.raises(ValueError, match="warmup_iter"):
-        CosineAnnealingLR(_opt(), total_iter=5, warmup_iter=5)
 
 
 class _Net(nn.Module):

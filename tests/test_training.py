@@ -140,7 +140,7 @@ def test_gradient_accumulation_and_clipping(tmp_path, hr_folder):
     result = train(path, ["train.accumulate_grad_batches=2", "train.grad_clip=0.01", "train.total_iter=4",
                           "val.val_freq=4"])
     state = torch.load(Path(result["experiment_dir"]) / "training_states" / "4.state", weights_only=False)
-    assert state["data"] == {"epoch": 2, "batches_done": 2}  # 8 batches of a 3-batch epoch
+    assert state["data"] == {"epoch": 2, "position": 4, "batches": 8, "overrides": {}}  # 8 batches of a 3-batch epoch
     assert state["model"]["optimizers"]["g"]["state"][0]["step"].item() == 4
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +35,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(folder: str | Path, iteration: int, state: dict, keep_last: int) -> Path:
-    """Write ``<folder>/<iteration>.state`` atomically and keep only the newest ``keep_last``."""
+def save_training_state(folder: str | Path, iteration: int, state: dict, keep_last: int,
+                        protect: Collection[int] = ()) -> Path:
+    """Write ``<folder>/<iteration>.state`` atomically; keep the newest ``keep_last`` and those in
+    ``protect`` (e.g. the top-k by a metric)."""
     folder = Path(folder)
     path = folder / f"{iteration}.state"
     atomic_write(path, lambda p: torch.save(state, p))
     for old in list_states(folder)[:-keep_last]:
-        old.unlink(missing_ok=True)
+        if int(old.stem) not in protect:
+            old.unlink(missing_ok=True)
     return path
 
 
@@ -66,14 +70,17 @@ def load_training_state(path: str | Path) -> dict:
     return torch.load(str(path), map_location="cpu", weights_only=False)
 
 
-def save_weights(folder: str | Path, label: str, iteration: int | str, net, keep_last: int) -> Path:
-    """Save ``<folder>/<label>_<iteration>.safetensors``; prune numbered files of that label."""
+def save_weights(folder: str | Path, label: str, iteration: int | str, net, keep_last: int,
+                 protect: Collection[int] = (), metadata: dict[str, str] | None = None) -> Path:
+    """Save ``<folder>/<label>_<iteration>.safetensors``; prune numbered files of that label but the
+    newest ``keep_last`` and those in ``protect``."""
     folder = Path(folder)
     path = folder / f"{label}_{iteration}.safetensors"
-    save_network(net, path)
+    save_network(net, path, metadata=metadata)
     numbered = sorted(
         (int(m.group(2)), p) for p in folder.iterdir() if (m := _WEIGHTS.match(p.name)) and m.group(1) == label
     )
-    for _, old in numbered[:-keep_last]:
-        old.unlink(missing_ok=True)
+    for it, old in numbered[:-keep_last]:
+        if it not in protect:
+            old.unlink(missing_ok=True)
     return path

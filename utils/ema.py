@@ -23,16 +23,26 @@ class ModelEMA:
         self.update_after = update_after
         self.warmup = warmup
         self.num_updates = 0
-        self._cached: tuple[int, tuple[list, list, list, list]] | None = None
+        self._cached: tuple[tuple, tuple[list, list, list, list]] | None = None
         self.module = copy.deepcopy(unwrap_model(net)).eval()
         self.module.requires_grad_(False)
 
+    @staticmethod
+    def _storage_key(net: nn.Module) -> tuple:
+        """Which storage the network's tensors live in now. ``net.to(...)`` swaps parameters'
+        ``.data`` and replaces buffers, so cached views would go stale: the key notices it."""
+        first_param = next(net.parameters(), None)
+        first_buffer = next(net.buffers(), None)
+        return (id(net), first_param.data_ptr() if first_param is not None else 0,
+                first_buffer.data_ptr() if first_buffer is not None else 0)
+
     def _pairs(self, net: nn.Module) -> tuple[list, list, list, list]:
-        # The tensor lists are built once per live network; rebuilding them each step costs
-        # Python time that shows up in small-network training.
-        if self._cached is not None and self._cached[0] == id(net):
-            return self._cached[1]
+        # The tensor lists are built once per storage of the live and EMA networks; rebuilding
+        # them each step costs Python time that shows up in small-network training.
         live = unwrap_model(net)
+        key = self._storage_key(live) + self._storage_key(self.module)
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
         ema_f, live_f, ema_o, live_o = [], [], [], []
         for (_, e), (_, x) in zip(self.module.named_parameters(), live.named_parameters(), strict=True):
             ema_f.append(e)
@@ -40,7 +50,7 @@ class ModelEMA:
         for (_, e), (_, x) in zip(self.module.named_buffers(), live.named_buffers(), strict=True):
             (ema_f if e.is_floating_point() else ema_o).append(e)
             (live_f if e.is_floating_point() else live_o).append(x.detach())
-        self._cached = (id(net), (ema_f, live_f, ema_o, live_o))
+        self._cached = (key, (ema_f, live_f, ema_o, live_o))
         return self._cached[1]
 
     def current_decay(self, step: int) -> float:

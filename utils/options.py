@@ -9,27 +9,41 @@ Every problem is reported at once, with the file, the key path and the closest v
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import re
 import types
 import typing
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 
 from utils.registry import (
     ARCH_REGISTRY,
+    AUTOMATION_REGISTRY,
     DATASET_REGISTRY,
     LOSS_REGISTRY,
     METRIC_REGISTRY,
+    MODEL_REGISTRY,
     OPTIMIZER_REGISTRY,
     SCHEDULER_REGISTRY,
     Registry,
     import_user_modules,
 )
+from utils.schedule import Schedule, Scheduled, integer_schedule
 from utils.steps import Step, resolve_step
 
 
@@ -48,6 +62,90 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """Marks a schema field as registered component(s): ``{type: Name, **kwargs}``.
+
+    The generic walker in :func:`parse_options` finds every field so marked (in the base schema
+    and in the sections runners and automations contribute) and checks its keys against the
+    registered object's signature. ``many``: one section, a list of them, or a name → section
+    dict. ``head``: keys the runner handles itself (``loss_weight``, ``enabled``, ...), checked
+    by that model. ``inject``: values the section may omit, from the context (``scale``,
+    ``total_iter``, ``phase``). ``type_from_key``: the dict key names the type
+    (``training_automations.early_stopping``); ``fixed_type``: the section is always that type.
+    """
+
+    registry: Registry
+    many: Literal["one", "list", "dict"] = "one"
+    skip: tuple[str, ...] = ()
+    inject: tuple[str, ...] = ()
+    head: type[BaseModel] | None = None
+    type_from_key: bool = False
+    fixed_type: str | None = None
+    check: Callable[[dict[str, Any]], None] | None = None
+    keys: str | None = None  # a regular expression every key of a ``many="dict"`` field must match
+    keys_hint: str = ""
+
+
+def _try_scheduler(section: dict[str, Any]) -> None:
+    """Build the scheduler on a throw-away optimiser, so value conflicts (warm-up longer than the
+    run, a start factor out of range) are reported by --check rather than at start-up."""
+    import torch
+
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    SCHEDULER_REGISTRY.get(section["type"])(dummy, **{k: v for k, v in section.items() if k != "type"})
+
+
+class LossEntry(_Section):
+    """The keys of a ``train.losses`` entry that the runner handles itself."""
+
+    type: str
+    loss_weight: Scheduled = 1.0
+    name: str | None = None
+    inputs: list[str] | None = None  # the named tensors to pass, when not the loss's own ``inputs``
+
+
+class MetricEntry(_Section):
+    type: str
+    better: Literal["higher", "lower"] | None = None
+    output: str | None = None  # which runner output to score (default: its first)
+
+
+class AutomationEntry(_Section):
+    type: str
+    enabled: bool = True
+
+
+def _batch_size(value: Any) -> Schedule:
+    return integer_schedule(value, "batch_size_per_gpu")
+
+
+class LoaderOptions(_Section):
+    """Dataset keys that belong to the loader rather than to the dataset class."""
+
+    name: str = ""
+    type: str
+    batch_size_per_gpu: Annotated[Scheduled, AfterValidator(_batch_size)] = 16
+    num_worker_per_gpu: int = Field(4, ge=0)
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_mode: Literal["cpu", "cuda"] | None = None
+    dataset_enlarge_ratio: int = Field(1, ge=1)
+
+
+def _component(registry: Registry, **kw: Any) -> Any:
+    """A component field: a mapping checked by :class:`Component`."""
+    many = kw.get("many", "one")
+    base = {"one": dict[str, Any], "list": list[dict[str, Any]], "dict": dict[str, dict[str, Any]]}[many]
+    return Annotated[base, Component(registry, **kw)]
+
+
+NETWORK = _component(ARCH_REGISTRY, inject=("scale",))
+OPTIMIZER = _component(OPTIMIZER_REGISTRY, skip=("params",))
+SCHEDULER = _component(SCHEDULER_REGISTRY, skip=("optimizer",), inject=("total_iter",), check=_try_scheduler)
+LOSSES = _component(LOSS_REGISTRY, many="list", head=LossEntry)
+
+
 class PathOptions(_Section):
     experiments_root: str = "experiments"
     results_root: str = "results"
@@ -59,24 +157,35 @@ class PathOptions(_Section):
 
 class TrainOptions(_Section):
     total_iter: int = Field(gt=0)
-    optim_g: dict[str, Any]
-    scheduler: dict[str, Any] | None = None
-    losses: list[dict[str, Any]] = []
+    optim_g: OPTIMIZER
+    scheduler: SCHEDULER | None = None
+    losses: LOSSES = []
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     ema_update_after: Step = 0
     ema_warmup: bool = False
     grad_clip: float | None = Field(None, gt=0)
     accumulate_grad_batches: int = Field(1, ge=1)
+    training_automations: _component(AUTOMATION_REGISTRY, many="dict", head=AutomationEntry,
+                                     type_from_key=True) = {}
 
 
 class ValOptions(_Section):
     val_freq: Annotated[Step, Field(gt=0)] = 5000
     save_img: bool = False
-    metrics: dict[str, dict[str, Any]] = {}
+    metrics: _component(METRIC_REGISTRY, many="dict", skip=("img", "img2"), head=MetricEntry) = {}
     tta: bool = False
     tile: int = Field(0, ge=0)
     tile_overlap: int = Field(16, ge=0)
     baselines: bool = False
+
+
+class KeepBest(_Section):
+    """Keep the ``k`` checkpoints with the best ``metric`` (of ``dataset``, default the first
+    validation set) beside the ``keep_last`` newest."""
+
+    metric: str
+    k: int = Field(2, ge=1)
+    dataset: str | None = None
 
 
 class LoggerOptions(_Section):
@@ -84,6 +193,7 @@ class LoggerOptions(_Section):
     save_checkpoint_freq: Annotated[Step, Field(gt=0)] = 5000
     use_tb_logger: bool = True
     keep_last: int = Field(3, ge=1)
+    keep_best: KeepBest | None = None
 
 
 class ModelEntry(_Section):
@@ -93,35 +203,7 @@ class ModelEntry(_Section):
     path: str
     param_key: str = "params"
     strict_load: bool = True
-    network_g: dict[str, Any] | None = None
-
-
-class LoaderOptions(_Section):
-    """Dataset keys that belong to the loader rather than to the dataset class."""
-
-    name: str = ""
-    type: str
-    batch_size_per_gpu: int = Field(16, gt=0)
-    num_worker_per_gpu: int = Field(4, ge=0)
-    pin_memory: bool = True
-    persistent_workers: bool = True
-    prefetch_mode: Literal["cpu", "cuda"] | None = None
-    dataset_enlarge_ratio: int = Field(1, ge=1)
-
-
-class LossEntry(BaseModel):
-    """The keys of a ``train.losses`` entry that the runner handles itself."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
-    loss_weight: float | dict[Step, float] = 1.0
-    name: str | None = None
-
-
-class MetricEntry(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-    better: Literal["higher", "lower"] | None = None
+    network_g: NETWORK | None = None
 
 
 class Options(_Section):
@@ -136,8 +218,10 @@ class Options(_Section):
     channels_last: bool = False
     compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
     tf32: bool = True
-    datasets: dict[str, dict[str, Any]] = {}
-    network_g: dict[str, Any]
+    datasets: _component(DATASET_REGISTRY, many="dict", inject=("scale", "phase"), head=LoaderOptions,
+                         keys=r"train$|val|test", keys_hint="dataset keys must be 'train' or start with 'val' or "
+                         "'test'") = {}
+    network_g: NETWORK
     path: PathOptions = PathOptions()
     train: TrainOptions | None = None
     val: ValOptions | None = None
@@ -167,13 +251,37 @@ class Options(_Section):
         return Path(self.path.experiments_root) / self.name
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(_plain(self.model_dump(mode="json")), sort_keys=False)
+        return yaml.safe_dump(_plain(self.model_dump()), sort_keys=False)
+
+
+_SCHEMAS: dict[type, type[Options]] = {}
+
+
+def schema_for(runner: type) -> type[Options]:
+    """The option schema of a runner: the base sections, the runner's own (``option_fields``,
+    ``train_option_fields``: name → (annotation, default)) and every automation's section."""
+    if runner in _SCHEMAS:
+        return _SCHEMAS[runner]
+    train_fields = dict(getattr(runner, "train_option_fields", {}))
+    for name, cls in AUTOMATION_REGISTRY.items():
+        if getattr(cls, "section", None):
+            spec = _component(AUTOMATION_REGISTRY, head=AutomationEntry, fixed_type=name)
+            train_fields[cls.section] = (spec | None, None)
+    train = create_model(f"{runner.__name__}TrainOptions", __base__=TrainOptions, **train_fields)
+    schema = create_model(f"{runner.__name__}Options", __base__=Options, train=(train | None, None),
+                          **dict(getattr(runner, "option_fields", {})))
+    _SCHEMAS[runner] = schema
+    return schema
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
 def _plain(obj: Any) -> Any:
+    if isinstance(obj, Schedule):
+        return obj.to_spec()
+    if isinstance(obj, Path):
+        return str(obj)
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -295,63 +403,160 @@ def signature_params(obj: Any) -> list[str]:
     return [n for n in inspect.signature(func).parameters if n != "self"]
 
 
-def _check_component(
+def _check_signature(
     section: dict[str, Any],
+    kwargs: dict[str, Any],
     path: tuple,
-    registry: Registry,
+    obj: Any,
+    comp: Component,
     problems: list[tuple[str, str]],
     context: dict,
-    skip: typing.Collection[str] = (),
-    inject: dict[str, Any] | None = None,
-    extra_valid: typing.Collection[str] = (),
-) -> dict[str, Any]:
-    """Validate ``{type: Name, **kwargs}`` against the registered object's signature.
-
-    Returns the section with coerced values and injected defaults (e.g. ``scale``).
-    """
-    if not isinstance(section, dict):
-        problems.append((format_path(path), f"expected a mapping with a 'type' key, got {section!r}"))
-        return section
-    if "type" not in section:
-        problems.append((format_path(path + ("type",)), "required key is missing"))
-        return section
-    try:
-        obj = registry.get(section["type"])
-    except KeyError as err:
-        problems.append((format_path(path + ("type",)), str(err)))
-        return section
-    kwargs = {k: v for k, v in section.items() if k != "type" and k not in extra_valid}
-    params = signature_params(obj)
-    for name, value in (inject or {}).items():
-        if name not in params:
-            continue
-        if name in kwargs and name == "scale" and kwargs[name] != value:
-            problems.append(
-                (format_path(path + (name,)), f"{kwargs[name]} differs from the top-level scale {value}")
-            )
-        kwargs.setdefault(name, value)
-    model = signature_model(obj, skip)
-    if model is None:
-        return {"type": section["type"], **kwargs, **{k: section[k] for k in extra_valid if k in section}}
+    head_keys: typing.Collection[str],
+) -> dict[str, Any] | None:
+    """Validate ``kwargs`` against ``obj``'s signature; None when there were problems."""
+    model = signature_model(obj, comp.skip)
+    if model is None:  # the object takes **kwargs: nothing to check
+        return dict(kwargs)
     try:
         validated = model.model_validate(kwargs, context=context)
     except ValidationError as err:
+        params = signature_params(obj)
         for e in err.errors():
             loc = tuple(e["loc"])
             sub = format_path(path + loc)
             if e["type"] == "extra_forbidden":
-                valid = [p for p in params if p not in skip] + list(extra_valid)
+                valid = [p for p in params if p not in comp.skip] + list(head_keys)
                 problems.append((sub, f"unknown key for {section['type']}" + _closest(str(loc[-1]), valid)))
             elif e["type"] == "missing":
                 problems.append((sub, f"required by {section['type']} but missing"))
             else:
                 problems.append((sub, f"{e['msg']} (got {e.get('input')!r})"))
+        return None
+    return {k: getattr(validated, k) for k in kwargs}
+
+
+def _check_one(section: Any, path: tuple, comp: Component, problems: list[tuple[str, str]], context: dict,
+               key: Any = None) -> Any:
+    """Check one ``{type: Name, **kwargs}`` section; returns it with values coerced and injected."""
+    if section is None and (comp.type_from_key or comp.fixed_type):
+        section = {}
+    if not isinstance(section, dict):
+        problems.append((format_path(path), f"expected a mapping of option keys, got {section!r}"))
         return section
-    out = {"type": section["type"]}
-    for k in kwargs:
-        out[k] = getattr(validated, k)
-    out.update({k: section[k] for k in extra_valid if k in section})
+    forced = key if comp.type_from_key else comp.fixed_type
+    if forced is not None:
+        if "type" in section and str(section["type"]).lower() != str(forced).lower():
+            problems.append((format_path(path + ("type",)), f"this section is always {forced!r}; remove 'type'"))
+            return section
+        section = {**section, "type": forced}
+    if "type" not in section:
+        problems.append((format_path(path + ("type",)), "required key is missing"))
+        return section
+    try:
+        obj = comp.registry.get(section["type"])
+    except KeyError as err:
+        problems.append((format_path(path if forced is not None else path + ("type",)), str(err)))
+        return section
+    head_keys = [k for k in (comp.head.model_fields if comp.head else ()) if k != "type"]
+    head_values: dict[str, Any] = {}
+    if comp.head is not None:
+        try:
+            head = comp.head.model_validate({k: v for k, v in section.items() if k in head_keys or k == "type"},
+                                            context=context)
+            head_values = {k: getattr(head, k) for k in head_keys if k in section or getattr(head, k) is not None}
+        except ValidationError as err:
+            problems.extend(_pydantic_problems(err, comp.head, path))
+            return section
+    kwargs = {k: v for k, v in section.items() if k != "type" and k not in head_keys}
+    params = signature_params(obj)
+    for name in comp.inject:
+        value = context.get(name)
+        value = value(key) if callable(value) else value
+        if name not in params or value is None:
+            continue
+        if name in kwargs and name == "scale" and kwargs[name] != value:
+            problems.append((format_path(path + (name,)), f"{kwargs[name]} differs from the top-level scale {value}"))
+        kwargs.setdefault(name, value)
+    checked = _check_signature(section, kwargs, path, obj, comp, problems, context, head_keys)
+    if checked is None:
+        return section
+    out = {"type": section["type"], **head_values, **checked}
+    if comp.check is not None:
+        try:
+            comp.check({"type": out["type"], **checked})
+        except (ValueError, TypeError) as err:
+            problems.append((format_path(path), str(err)))
     return out
+
+
+def _check_field(comp: Component, value: Any, path: tuple, problems: list[tuple[str, str]], context: dict) -> Any:
+    if comp.many == "one":
+        return _check_one(value, path, comp, problems, context)
+    if comp.many == "list":
+        if not isinstance(value, list):
+            problems.append((format_path(path), f"expected a list, got {value!r}"))
+            return value
+        return [_check_one(v, path + (i,), comp, problems, context) for i, v in enumerate(value)]
+    if not isinstance(value, dict):
+        problems.append((format_path(path), f"expected a mapping, got {value!r}"))
+        return value
+    out = {}
+    for k, v in value.items():
+        if comp.keys and not re.match(comp.keys, str(k)):
+            problems.append((format_path(path + (k,)), comp.keys_hint or f"key must match {comp.keys}"))
+            continue
+        out[k] = _check_one(v, path + (k,), comp, problems, context, key=k)
+    return out
+
+
+def _find_component(ann: Any, metadata: typing.Iterable = ()) -> Component | None:
+    for meta in metadata:
+        if isinstance(meta, Component):
+            return meta
+    if typing.get_origin(ann) is Annotated:
+        found = _find_component(None, ann.__metadata__)
+        if found is not None:
+            return found
+    for arg in typing.get_args(ann):
+        found = _find_component(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _walk_components(schema: type[BaseModel], raw: Any, instance: Any, path: tuple,
+                     problems: list[tuple[str, str]], context: dict) -> None:
+    """Check every component field of ``schema`` found in ``raw``; store the results on ``instance``
+    (the validated model, or None when static validation failed: problems are still collected)."""
+    if not isinstance(raw, dict):
+        return
+    for name, field in schema.model_fields.items():
+        value = raw.get(name)
+        if value is None:
+            continue
+        comp = _find_component(field.annotation, field.metadata)
+        if comp is not None:
+            checked = _check_field(comp, value, path + (name,), problems, context)
+            if instance is not None:
+                setattr(instance, name, checked)
+            continue
+        sub = _unwrap_model_type(field.annotation)
+        if sub is None:
+            continue
+        child = getattr(instance, name, None) if instance is not None else None
+        if isinstance(value, dict):
+            _walk_components(sub, value, child, path + (name,), problems, context)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                node = child[i] if isinstance(child, list) and i < len(child) else None
+                _walk_components(sub, item, node, path + (name, i), problems, context)
+
+
+def head_and_kwargs(section: dict[str, Any], head: type[BaseModel]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a checked component section into the runner's keys and the constructor's keywords."""
+    keys = set(head.model_fields) | {"type"}
+    return ({k: v for k, v in section.items() if k in keys},
+            {k: v for k, v in section.items() if k not in keys})
 
 
 # ------------------------------------------------------------------------------ loading
@@ -410,20 +615,6 @@ def dataset_phase(key: str) -> str:
     return "train" if key == "train" else "val"
 
 
-def _try_scheduler(section: dict | None, problems: list[tuple[str, str]]) -> None:
-    """Build the scheduler on a throw-away optimiser, so value conflicts (warm-up longer than the
-    run, a start factor out of range) are reported by --check rather than at start-up."""
-    if not section or any(p[0].startswith("train.scheduler") for p in problems):
-        return
-    import torch
-
-    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    try:
-        SCHEDULER_REGISTRY.get(section["type"])(dummy, **{k: v for k, v in section.items() if k != "type"})
-    except (ValueError, TypeError) as err:
-        problems.append(("train.scheduler", str(err)))
-
-
 def _as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
@@ -431,8 +622,10 @@ def _as_dict(value: Any) -> dict:
 def parse_options(data: dict, source: str = "<options>", base_dir: str | Path | None = None) -> Options:
     """Validate a raw option mapping; raise :class:`OptionsError` listing every problem.
 
-    The static schema and the component signatures are both checked before reporting, so one run
-    of ``--check`` shows every mistake in the file.
+    The runner named by ``model_type`` decides the schema (its own sections, the automations'),
+    and every component section is checked against its registered signature, so one run of
+    ``--check`` shows every mistake in the file. The runner's ``check_options`` then checks what
+    spans sections (e.g. that every loss gets the tensors it needs).
     """
     problems: list[tuple[str, str]] = []
     imports = data.get("imports") or []
@@ -441,94 +634,29 @@ def parse_options(data: dict, source: str = "<options>", base_dir: str | Path | 
             import_user_modules(list(imports), base_dir)
         except Exception as err:  # noqa: BLE001 - any import failure is a user error here
             raise OptionsError(source, [("imports", f"{type(err).__name__}: {err}")]) from err
+    try:
+        runner = MODEL_REGISTRY.get(data.get("model_type", "SRModel"))
+    except KeyError as err:
+        raise OptionsError(source, [("model_type", str(err))]) from err
+    schema = schema_for(runner)
 
-    train_raw, val_raw = _as_dict(data.get("train")), _as_dict(data.get("val"))
+    train_raw = _as_dict(data.get("train"))
     try:
         total_iter = resolve_step(train_raw["total_iter"], None) if "total_iter" in train_raw else None
     except ValueError:
         total_iter = None
-    context = {"total_iter": total_iter}
+    scale = data.get("scale", 4) if isinstance(data.get("scale", 4), int) else 4
+    context = {"total_iter": total_iter, "scale": scale, "phase": dataset_phase}
     opt: Options | None = None
     try:
-        opt = Options.model_validate(data, context=context)
+        opt = schema.model_validate(data, context=context)
     except ValidationError as err:
-        problems.extend(_pydantic_problems(err, Options))
-    scale = data.get("scale", 4) if isinstance(data.get("scale", 4), int) else 4
-
-    def component(section: Any, path: tuple, registry: Registry, **kw: Any) -> Any:
-        return _check_component(section, path, registry, problems, context, **kw) if section is not None else None
-
-    network_g = component(data.get("network_g"), ("network_g",), ARCH_REGISTRY, inject={"scale": scale})
-    model_nets = []
-    for i, entry in enumerate(data.get("models") or []):
-        net = _as_dict(entry).get("network_g")
-        model_nets.append(component(net, ("models", i, "network_g"), ARCH_REGISTRY, inject={"scale": scale}))
-
-    datasets = {}
-    loader_keys = set(LoaderOptions.model_fields)
-    for key, ds in _as_dict(data.get("datasets")).items():
-        path = ("datasets", key)
-        if key != "train" and not re.match(r"(val|test)", key):
-            problems.append((format_path(path), "dataset keys must be 'train' or start with 'val' or 'test'"))
-            continue
-        ds = _as_dict(ds)
-        loader_part = {k: v for k, v in ds.items() if k in loader_keys}
-        try:
-            loader = LoaderOptions.model_validate(loader_part)
-        except ValidationError as err:
-            problems.extend(p for p in _pydantic_problems(err, LoaderOptions, path) if not p[0].endswith(".type"))
-            loader = None
-        checked = component(ds, path, DATASET_REGISTRY, inject={"scale": scale, "phase": dataset_phase(key)},
-                            extra_valid=[k for k in loader_keys if k != "type"])
-        if loader is not None:
-            checked.update({k: getattr(loader, k) for k in loader_part if k != "type"})
-        datasets[key] = checked
-
-    optim_g = scheduler = None
-    losses: list[dict] = []
-    if train_raw:
-        optim_g = component(train_raw.get("optim_g"), ("train", "optim_g"), OPTIMIZER_REGISTRY, skip=("params",))
-        scheduler = component(train_raw.get("scheduler"), ("train", "scheduler"), SCHEDULER_REGISTRY,
-                              skip=("optimizer",), inject={"total_iter": total_iter})
-        _try_scheduler(scheduler, problems)
-        if not train_raw.get("losses"):
-            problems.append(("train.losses", "at least one loss is needed"))
-        for i, entry in enumerate(train_raw.get("losses") or []):
-            path = ("train", "losses", i)
-            try:
-                head = LossEntry.model_validate(entry, context=context)
-            except ValidationError as err:
-                problems.extend(_pydantic_problems(err, LossEntry, path))
-                continue
-            checked = component(entry, path, LOSS_REGISTRY, extra_valid=("loss_weight", "name"))
-            checked["loss_weight"] = head.loss_weight
-            losses.append(checked)
-        if "train" not in _as_dict(data.get("datasets")):
-            problems.append(("datasets.train", "a training dataset is required when train: is given"))
-
-    metrics = {}
-    for name, metric in _as_dict(val_raw.get("metrics")).items():
-        path = ("val", "metrics", name)
-        try:
-            head = MetricEntry.model_validate(metric)
-        except ValidationError as err:
-            problems.extend(_pydantic_problems(err, MetricEntry, path))
-            continue
-        checked = component(metric, path, METRIC_REGISTRY, skip=("img", "img2"), extra_valid=("better",))
-        if head.better is not None:
-            checked["better"] = head.better
-        metrics[name] = checked
-
+        problems.extend(_pydantic_problems(err, schema))
+    _walk_components(schema, data, opt, (), problems, context)
+    if not problems and opt is not None:
+        problems.extend(runner.check_options(opt))
     if problems or opt is None:
         raise OptionsError(source, problems)
-    opt.network_g = network_g
-    for entry, net in zip(opt.models, model_nets):
-        entry.network_g = net
-    opt.datasets = datasets
-    if opt.train is not None:
-        opt.train.optim_g, opt.train.scheduler, opt.train.losses = optim_g, scheduler, losses
-    if opt.val is not None:
-        opt.val.metrics = metrics
     opt._source = source
     return opt
 

@@ -115,6 +115,7 @@ MODEL_REGISTRY = Registry("model", "models", "_model")
 METRIC_REGISTRY = Registry("metric", "utils.metrics", "")
 OPTIMIZER_REGISTRY = Registry("optimizer", "models.optimizers")
 SCHEDULER_REGISTRY = Registry("scheduler", "models.lr_schedulers")
+AUTOMATION_REGISTRY = Registry("automation", "models.automations", "_automation")
 
 
 def import_user_modules(entries: list[str], base_dir: str | Path | None = None) -> None:

@@ -39,16 +39,3 @@ def _validate(value: Any, info: ValidationInfo) -> int:
 
 Step = Annotated[int, BeforeValidator(_validate)]
 """A pydantic type for iteration counts; the validation context supplies ``total_iter``."""
-
-
-def piecewise(schedule: float | dict[int, float], step: int) -> float:
-    """A constant, or the value of the last key at or below ``step`` (0 before the first key)."""
-    if not isinstance(schedule, dict):
-        return float(schedule)
-    value = 0.0
-    for key in sorted(schedule):
-        if key <= step:
-            value = float(schedule[key])
-        else:
-            break
-    return value

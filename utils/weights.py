@@ -81,14 +81,15 @@ def atomic_write(path: str | Path, write_fn) -> None:
     os.replace(tmp, path)
 
 
-def save_network(net: nn.Module | dict, path: str | Path) -> None:
-    """Save weights; ``.safetensors`` by default, ``.pth`` holds a plain ``{'params': ...}``."""
+def save_network(net: nn.Module | dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Save weights; ``.safetensors`` by default (``metadata``: string pairs in its header),
+    ``.pth`` holds a plain ``{'params': ...}``."""
     sd = net if isinstance(net, dict) else clean_state_dict(net)
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        atomic_write(path, lambda p: save_file(sd, p))
+        atomic_write(path, lambda p: save_file(sd, p, metadata=metadata))
     else:
         atomic_write(path, lambda p: torch.save({"params": sd}, p))
 

@@ -1,0 +1,1 @@
+"""Training automations: components the training loop calls through hooks (``*_automation.py``)."""

@@ -1,0 +1,193 @@
+"""What a training automation may see and change: the runner's public surface, through one object."""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from utils import dist
+from utils.weights import save_network
+
+if TYPE_CHECKING:
+    from models.training_loop import TrainingLoop
+
+
+class TrainingContext:
+    """Handed to every automation hook. Everything an automation changes goes through here, so
+    each change can be logged, saved in the training state and restored on resume:
+
+    - LR: a multiplier per optimiser (``set_lr_multiplier``), kept in each param group as
+      ``lr_scale``; the LR schedulers multiply their value by it, so it survives their next step.
+    - Losses: a multiplier per loss term (``set_loss_multiplier``) on top of its scheduled weight.
+    - Data: live settings (``data_value``/``set_data``: ``batch_size``, ``gt_size``, ...), applied
+      from the next batch.
+    - Control: ``request_stop(reason)``, ``request_save(tag)``; ``validate(net)``,
+      ``propose_best(net, metrics, source)``, ``save_weights(label, net, metadata)``.
+    - Logging: ``report(source, message, scalars)`` to the log file and TensorBoard.
+    """
+
+    def __init__(self, loop: TrainingLoop) -> None:
+        self._loop = loop
+        self.iteration = 0
+
+    # ----------------------------------------------------------------- the run
+
+    @property
+    def total_iter(self) -> int:
+        return self._loop.opt.train.total_iter
+
+    @property
+    def device(self) -> torch.device:
+        return self._loop.model.device
+
+    @property
+    def opt(self) -> Any:
+        return self._loop.opt
+
+    @property
+    def nets(self) -> dict[str, nn.Module]:
+        """The runner's networks by name (bare: no DDP or compile wrappers)."""
+        return self._loop.model.nets
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self._loop.model.optimizers
+
+    def eval_net(self) -> nn.Module:
+        return self._loop.model.eval_net()
+
+    # ---------------------------------------------------------------------- LR
+
+    def lr_multiplier(self, key: str) -> float:
+        return float(self.optimizers[key].param_groups[0].get("lr_scale", 1.0))
+
+    def set_lr_multiplier(self, key: str, value: float) -> None:
+        """Scale optimiser ``key``'s LR by ``value`` relative to its schedule, from now on."""
+        if not value > 0:
+            raise ValueError(f"LR multiplier must be positive, got {value}")
+        for group in self.optimizers[key].param_groups:
+            old = group.get("lr_scale", 1.0)
+            group["lr"] = group["lr"] / old * value
+            group["lr_scale"] = value
+
+    def base_lr(self, key: str) -> float:
+        """The LR the option file gives optimiser ``key`` (its first group), before any schedule."""
+        group = self.optimizers[key].param_groups[0]
+        return float(group.get("initial_lr", group["lr"]))
+
+    # ------------------------------------------------------------------ losses
+
+    def loss_labels(self) -> list[str]:
+        return self._loop.model.losses.labels
+
+    def loss_weight(self, label: str) -> float:
+        """The scheduled weight of loss ``label`` at this iteration (without the multiplier)."""
+        return float(self._loop.model.losses.term(label).weight(self.iteration))
+
+    def loss_multiplier(self, label: str) -> float:
+        return self._loop.model.losses.term(label).multiplier
+
+    def set_loss_multiplier(self, label: str, value: float) -> None:
+        if not value >= 0:
+            raise ValueError(f"loss multiplier must be >= 0, got {value}")
+        self._loop.model.losses.term(label).multiplier = float(value)
+
+    # -------------------------------------------------------------------- data
+
+    def data_names(self) -> list[str]:
+        return self._loop.stream.knob_names()
+
+    def data_value(self, name: str) -> Any:
+        """The value of a live data setting for the next step's batches."""
+        return self._loop.stream.knob(name, self.iteration + 1)
+
+    def set_data(self, name: str, value: Any) -> None:
+        """Make the batches of the following steps with ``name = value`` (``batch_size``, ``gt_size``,
+        ...); the loader restarts at the current sample position, so nothing is dropped or repeated."""
+        self._loop.stream.set_knob(name, value)
+
+    def train_files(self) -> list[str]:
+        """The training set's image files (for measuring the data)."""
+        return [str(p) for p in getattr(self._loop.stream.loader.dataset, "gt_paths", [])]
+
+    def trial_step(self, batch_size: int) -> None:
+        """One real training step on ``batch_size`` training samples, then every weight, optimiser
+        state, EMA, scaler, log and RNG state is put back: the run goes on as if it had not happened.
+        Out-of-memory errors propagate (the caller cleans up with :meth:`release_memory`)."""
+        model = self._loop.model
+        saved = copy.deepcopy(_to_cpu(model.state_dict()))
+        logs = (dict(model._log_sums), dict(model._log_counts))
+        try:
+            batch = self._loop.stream.sample_batch(batch_size, self.iteration + 1)
+            model.train_step([batch] * self._loop.opt.train.accumulate_grad_batches, self.iteration + 1)
+        finally:
+            for optimizer in model.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+            model._has_grad.clear()
+            model.load_state_dict(saved)
+            model._log_sums, model._log_counts = logs
+
+    @staticmethod
+    def release_memory() -> None:
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ----------------------------------------------------------------- control
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after this step: save, validate if due, run ``on_train_end``, exit 0."""
+        if self._loop.stop_reason is None:
+            self._loop.stop_reason = reason
+
+    def request_save(self, tag: str) -> None:
+        """Write a checkpoint (weights and training state) at the end of this step."""
+        self._loop.save_requests.append(tag)
+
+    def validate(self, net: nn.Module) -> dict[str, dict[str, float]]:
+        """Score ``net`` on every validation set: ``{dataset: {metric: mean}}``."""
+        model = self._loop.model
+        return {name: model.validate(loader, name, self.iteration, net=net)[0]
+                for name, loader in self._loop.val_loaders.items()}
+
+    def metric_better(self, metric: str) -> str:
+        return self._loop.model.metric_better(metric)
+
+    def default_monitor(self) -> tuple[str, str] | None:
+        """(dataset, metric): the first validation set's first metric, or None without validation."""
+        loop = self._loop
+        if not loop.val_loaders or loop.opt.val is None or not loop.opt.val.metrics:
+            return None
+        return next(iter(loop.val_loaders)), next(iter(loop.opt.val.metrics))
+
+    def propose_best(self, net: nn.Module, metrics: dict[str, dict[str, float]], source: str) -> bool:
+        """Make ``net`` the best weights if it beats the best so far on the monitored metric."""
+        return self._loop.propose_best(net, metrics, source)
+
+    def save_weights(self, label: str, net: nn.Module, metadata: dict[str, str] | None = None) -> None:
+        """Write ``models/<label>.safetensors`` (rank 0)."""
+        if dist.is_main():
+            save_network(net, self._loop.exp / "models" / f"{label}.safetensors", metadata=metadata)
+
+    # ----------------------------------------------------------------- logging
+
+    def report(self, source: str, message: str, scalars: dict[str, float] | None = None) -> None:
+        """Log a change an automation made (log file, console) and its values (TensorBoard)."""
+        self._loop.log.info(f"[{source}] iter {self.iteration}: {message}")
+        if scalars:
+            self._loop.tb.scalars(scalars, self.iteration)
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
