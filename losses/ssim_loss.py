@@ -3,8 +3,8 @@
 Inputs are NCHW float images in [0, 1] (``data_range=1.0``). With the defaults (Gaussian
 window 11, sigma 1.5, K = (0.01, 0.03), 'valid' filtering, per-channel maps averaged) SSIMLoss
 is 1 - ``utils.metrics.psnr_ssim.calculate_ssim(sr, gt, crop_border=0, test_y_channel=False)``
-up to float32 rounding (at most 1.1e-6 measured on Set5); with ``y_only=True`` it matches ``test_y_channel=True`` and the same
-``y_range``.
+up to float32 rounding (at most 1.1e-6 measured on Set5); with ``y_only=True`` it matches
+``test_y_channel=True`` with the same ``y_range``.
 
 MS-SSIM downsamples by 2 between scales, so with L scales the coarsest one is
 ceil(side / 2**(L-1)) pixels and needs at least ``win_size`` of them: the smaller side of a
@@ -101,7 +101,7 @@ class _StructuralLoss(nn.Module):
     def forward(self, sr: Tensor, gt: Tensor) -> Tensor:
         sr, gt = self._prepare(sr, gt)
         # .float() alone is not enough: inside an autocast region conv2d would still run in fp16.
-        if True:
+        with torch.autocast(device_type=sr.device.type, enabled=False):
             return 1.0 - self.similarity(sr, gt)
 
     def similarity(self, sr: Tensor, gt: Tensor) -> Tensor:

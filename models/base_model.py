@@ -81,7 +81,7 @@ class BaseModel:
             sched = t.scheduler or {}
             if sched.get("monitor") and sched["monitor"] not in metrics:
                 problems.append(("train.scheduler.monitor", f"'{sched['monitor']}' is not a val.metrics name"))
-            if sched and hasattr(SCHEDULER_REGISTRY.get(sched["type"]), "observe_required") and not metrics:
+            if sched and getattr(SCHEDULER_REGISTRY.get(sched["type"]), "watches_metric", False) and not metrics:
                 problems.append(("train.scheduler", f"{sched['type']} watches a validation metric: add val.metrics"))
         for name, mopt in metrics.items():
             if mopt.get("output") and mopt["output"] not in cls.outputs:

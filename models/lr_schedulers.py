@@ -153,6 +153,8 @@ class ReduceLROnPlateau(_ClosedFormLR):
     ``val.val_freq`` does. The scheduler logs nothing; the runner can log when ``reductions`` changes.
     """
 
+    watches_metric = True  # the option check requires val.metrics for it
+
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
