@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from models.loss_set import loss_inputs
+from models.validation import ValidationMixin
 from utils import dist
 from utils.checkpoint import rng_state, set_rng_state
 from utils.ema import ModelEMA
 from utils.logger import get_logger
-from utils.options import MetricEntry, Options, head_and_kwargs
-from utils.registry import ARCH_REGISTRY, METRIC_REGISTRY, OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
-from utils.tiling import tile_forward
-from utils.tta import tta_forward
-from utils.weights import load_network, unwrap_model
+from utils.options import Options
+from utils.registry import ARCH_REGISTRY, OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
+from utils.weights import load_network
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -44,7 +42,7 @@ def quantize(img: torch.Tensor) -> torch.Tensor:
     return (img.clamp(0, 1) * 255.0).round() / 255.0
 
 
-class BaseModel:
+class BaseModel(ValidationMixin):
     """Builds and owns the networks, optimisers, schedulers and EMA of one run.
 
     A training step is assembled from parts, so a runner with a second network adds its update
@@ -76,8 +74,9 @@ class BaseModel:
             for i, entry in enumerate(t.losses):
                 for name in loss_inputs(entry):
                     if name not in cls.loss_tensors:
+                        have = ", ".join(sorted(cls.loss_tensors))
                         problems.append((f"train.losses[{i}]", f"{entry['type']} needs the tensor '{name}', which "
-                                         f"{cls.__name__} does not provide (it has {', '.join(sorted(cls.loss_tensors))})"))
+                                         f"{cls.__name__} does not provide (it has {have})"))
             sched = t.scheduler or {}
             if sched.get("monitor") and sched["monitor"] not in metrics:
                 problems.append(("train.scheduler.monitor", f"'{sched['monitor']}' is not a val.metrics name"))
@@ -87,6 +86,13 @@ class BaseModel:
             if mopt.get("output") and mopt["output"] not in cls.outputs:
                 problems.append((f"val.metrics.{name}.output",
                                  f"'{mopt['output']}' is not an output of {cls.__name__} ({', '.join(cls.outputs)})"))
+        if t is not None:
+            from models.training_loop import automation_sections
+            from utils.registry import AUTOMATION_REGISTRY
+
+            for path, section in automation_sections(opt):
+                if section.get("enabled", True):
+                    problems.extend(AUTOMATION_REGISTRY.get(section["type"]).check_options(opt, section, path))
         keep = opt.logger.keep_best
         if keep is not None and keep.metric not in metrics:
             problems.append(("logger.keep_best.metric", f"'{keep.metric}' is not a val.metrics name"))
@@ -275,6 +281,8 @@ class BaseModel:
             "scaler": self.scaler.state_dict(),
             "best": self.best,
             "rng": rng_state(),
+            # running log sums: a resume between two logging steps must average the same steps
+            "logs": {k: (v.cpu(), self._log_counts[k]) for k, v in self._log_sums.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -290,6 +298,9 @@ class BaseModel:
         self.scaler.load_state_dict(state["scaler"])
         self.best = state.get("best", {})
         set_rng_state(state["rng"])
+        logs = state.get("logs", {})
+        self._log_sums = {k: v.to(self.device) for k, (v, _) in logs.items()}
+        self._log_counts = {k: int(n) for k, (_, n) in logs.items()}
 
     def checkpoint_nets(self) -> dict[str, nn.Module]:
         """The weight files a checkpoint writes: every trained network, and its EMA copy."""
@@ -303,119 +314,6 @@ class BaseModel:
         with torch.no_grad():
             return [float(p.double().sum()) for name in self.trained_nets.values()
                     for p in self.nets[name].parameters()]
-
-    # --------------------------------------------------------------- inference
-
-    def eval_net(self) -> nn.Module:
-        """The network validated, exported and kept as best: the EMA copy when EMA is on."""
-        return self.ema.module if self.ema is not None else self.nets[self.ema_of]
-
-    @torch.no_grad()
-    def inference(self, lq: torch.Tensor, net: nn.Module | Any | None = None) -> torch.Tensor:
-        net = net if net is not None else self.eval_net()
-        val = self.opt.val
-        tile, overlap, tta = (val.tile, val.tile_overlap, val.tta) if val is not None else (0, 16, False)
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            with self.autocast():
-                return net(x.contiguous(memory_format=self.memory_format)).float()
-
-        def tiled(x: torch.Tensor) -> torch.Tensor:
-            return tile_forward(forward, x, self.opt.scale, tile, overlap) if tile > 0 else forward(x)
-
-        if not isinstance(net, nn.Module):  # a plain function, e.g. a bicubic baseline
-            return tta_forward(tiled, lq) if tta else tiled(lq)
-        was_training = net.training
-        net.eval()
-        try:
-            return tta_forward(tiled, lq) if tta else tiled(lq)
-        finally:
-            net.train(was_training)
-
-    # --------------------------------------------------------------- validation
-
-    def run_sample(self, sample: dict[str, Any], net: Any = None) -> tuple[dict[str, torch.Tensor],
-                                                                           dict[str, torch.Tensor]]:
-        """Run one validation sample: ``(outputs, targets)``, both keyed by output name."""
-        raise NotImplementedError
-
-    def save_outputs(self, outputs: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
-        """Write one sample's outputs as images under ``folder``."""
-        raise NotImplementedError
-
-    def panel(self, sample: dict[str, Any], outputs: dict[str, torch.Tensor],
-              targets: dict[str, torch.Tensor]) -> torch.Tensor:
-        """A CHW image for TensorBoard showing input, outputs and targets side by side."""
-        raise NotImplementedError
-
-    def baselines(self, loaders: dict[str, Any]) -> dict[str, dict[str, float]]:
-        """Scores of simple reference methods (``val.baselines``); none by default."""
-        return {}
-
-    @torch.no_grad()
-    def validate(
-        self,
-        loader: Any,
-        dataset_name: str,
-        iteration: int,
-        save_dir: Path | None = None,
-        tb: Any = None,
-        net: Any = None,
-        tb_images: int = 3,
-    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Metrics over a validation loader (batch 1); each rank runs its share, results are gathered."""
-        metrics = self.opt.val.metrics if self.opt.val is not None else {}
-        rows: list[dict[str, Any]] = []
-        for index, sample in enumerate(loader):
-            outputs, targets = self.run_sample(sample, net)
-            stem = Path(sample.get("lq_path", sample.get("gt_path", [f"{index:05d}"]))[0]).stem
-            row: dict[str, Any] = {"name": stem}
-            for name, mopt in metrics.items():
-                head, kwargs = head_and_kwargs(mopt, MetricEntry)
-                out = head.get("output") or self.outputs[0]
-                row[name] = float(METRIC_REGISTRY.get(mopt["type"])(outputs[out], targets[out], **kwargs)[0])
-            rows.append(row)
-            if save_dir is not None:
-                # during training the iteration tells the images apart; test runs save plain names
-                self.save_outputs(outputs, save_dir, f"{stem}_{iteration}" if iteration else stem)
-            if tb is not None and index < tb_images and dist.is_main():
-                tb.image(f"val_images/{dataset_name}/{stem}", self.panel(sample, outputs, targets).cpu(), iteration)
-        gathered = dist.all_gather_objects(rows)
-        rows = sorted((r for part in gathered for r in part), key=lambda r: r["name"])
-        means = {name: sum(r[name] for r in rows) / max(len(rows), 1) for name in metrics}
-        return means, rows
-
-    def metric_better(self, name: str) -> str:
-        mopt = self.opt.val.metrics[name]
-        if mopt.get("better"):
-            return mopt["better"]
-        return "higher" if getattr(METRIC_REGISTRY.get(mopt["type"]), "higher_is_better", True) else "lower"
-
-    def update_best(self, dataset_name: str, means: dict[str, float], iteration: int) -> dict[str, bool]:
-        """Record best values; returns which metrics improved."""
-        improved = {}
-        table = self.best.setdefault(dataset_name, {})
-        for name, value in means.items():
-            higher = self.metric_better(name) == "higher"
-            old = table.get(name)
-            better = old is None or (value > old["value"] if higher else value < old["value"])
-            if better:
-                table[name] = {"value": value, "iter": iteration}
-            improved[name] = better
-        return improved
-
-    def observe_validation(self, means: dict[str, float], iteration: int) -> None:
-        """Feed schedulers that watch a metric (e.g. ReduceLROnPlateau) the first set's scores."""
-        for key, scheduler in self.schedulers.items():
-            observe = getattr(scheduler, "observe", None)
-            if observe is None or not means:
-                continue
-            name = getattr(scheduler, "monitor", None) or next(iter(means))
-            before = getattr(scheduler, "reductions", None)
-            observe(means[name], self.metric_better(name) == "higher", iteration)
-            if before is not None and scheduler.reductions != before:
-                self.log.info(f"scheduler {key}: {name} has not improved; LR reduced to "
-                              f"{self.optimizers[key].param_groups[0]['lr']:.3g} at iteration {iteration}")
 
 
 def unwrap_ddp(net: nn.Module) -> nn.parallel.DistributedDataParallel | None:

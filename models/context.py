@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from models.base_model import unwrap_ddp
 from utils import dist
 from utils.weights import save_network
 
@@ -72,6 +74,9 @@ class TrainingContext:
             old = group.get("lr_scale", 1.0)
             group["lr"] = group["lr"] / old * value
             group["lr_scale"] = value
+        scheduler = self._loop.model.schedulers.get(key)
+        if scheduler is not None:  # keep get_last_lr() true until the scheduler's next step
+            scheduler._last_lr = [g["lr"] for g in self.optimizers[key].param_groups]
 
     def base_lr(self, key: str) -> float:
         """The LR the option file gives optimiser ``key`` (its first group), before any schedule."""
@@ -122,7 +127,13 @@ class TrainingContext:
         logs = (dict(model._log_sums), dict(model._log_counts))
         try:
             batch = self._loop.stream.sample_batch(batch_size, self.iteration + 1)
-            model.train_step([batch] * self._loop.opt.train.accumulate_grad_batches, self.iteration + 1)
+            # rank-local: no gradient all-reduce, so one rank's out-of-memory cannot hang the others
+            with contextlib.ExitStack() as stack:
+                for net in model.train_nets.values():
+                    ddp = unwrap_ddp(net)
+                    if ddp is not None:
+                        stack.enter_context(ddp.no_sync())
+                model.train_step([batch] * self._loop.opt.train.accumulate_grad_batches, self.iteration + 1)
         finally:
             for optimizer in model.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
@@ -157,6 +168,10 @@ class TrainingContext:
 
     def metric_better(self, metric: str) -> str:
         return self._loop.model.metric_better(metric)
+
+    def val_sets(self) -> list[str]:
+        """The validation sets' names, in file order."""
+        return list(self._loop.val_loaders)
 
     def default_monitor(self) -> tuple[str, str] | None:
         """(dataset, metric): the first validation set's first metric, or None without validation."""

@@ -24,7 +24,7 @@ def automation_sections(opt: Options) -> list[tuple[str, dict[str, Any]]]:
     """(option path, section) of every automation the file configures, in file order."""
     t = opt.train
     found = [(f"train.training_automations.{k}", v) for k, v in t.training_automations.items()]
-    for name, cls in AUTOMATION_REGISTRY.items():
+    for _, cls in AUTOMATION_REGISTRY.items():
         section = getattr(cls, "section", None)
         if section and getattr(t, section, None) is not None:
             found.append((f"train.{section}", getattr(t, section)))
@@ -42,7 +42,8 @@ def build_automations(opt: Options) -> list[Automation]:
         seen[cls] = path
         if head.get("enabled", True):
             automation = cls(**kwargs)
-            automation.name = path.rsplit(".", 1)[-1]
+            # the registry's spelling, so the state key does not depend on how the file writes it
+            automation.name = next(n for n, c in AUTOMATION_REGISTRY.items() if c is cls)
             built.append(automation)
     return built
 
@@ -130,7 +131,9 @@ class TrainingLoop:
             self.model.update_best(name, means, iteration)
             best = self.model.best[name]
             self.log.info(f"validation {name} @ {iteration}: " + ", ".join(
-                f"{k} {v:.4f} (best {best[k]['value']:.4f} @ {best[k]['iter']})" for k, v in means.items()))
+                f"{k} {v:.4f} (best {best[k]['value']:.4f} @ {best[k]['iter']}"
+                + (f" from {best[k]['source']})" if best[k].get("source") not in (None, "ema", "live") else ")")
+                for k, v in means.items()))
         keep = self.opt.logger.keep_best
         if keep is not None:
             self.scores[iteration] = out[keep.dataset or next(iter(out))][keep.metric]

@@ -4,14 +4,16 @@
         [-o amp=bf16 -o channels_last=true ...] [--iters 300] [--warmup 50] [--data-only]
 
 The run is built exactly as train.py builds it (datasets from PNG files, workers, prefetcher,
-runner, EMA, scheduler); validation and checkpointing are left out. Timing covers ``--iters``
-steps after ``--warmup`` steps, with one device synchronisation at each end.
+runner, EMA, scheduler, the option file's training automations and their hooks, the logging
+steps every ``logger.print_freq``); validation and checkpointing are left out. Timing covers
+``--iters`` steps after ``--warmup`` steps, with one device synchronisation at each end.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from models.training_loop import TrainingLoop, build_automations  # noqa: E402
 from scripts.bench_report import emit  # noqa: E402
 from train import build_run  # noqa: E402
 from utils.device import select_device  # noqa: E402
-from utils.logger import setup_logger  # noqa: E402
+from utils.logger import TensorBoardWriter, setup_logger  # noqa: E402
 from utils.options import apply_override, load_yaml, parse_options  # noqa: E402
 
 
@@ -36,22 +39,37 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data
     data = load_yaml(opt_path)
     for expr in overrides:
         apply_override(data, expr)
-    # Only the training step is timed: drop validation sets and their settings.
-    data["datasets"] = {"train": data["datasets"]["train"]}
-    data.pop("val", None)
+    # Only the training step is timed: validation sets are built (automations may watch their
+    # metrics) but never run.
     opt = parse_options(data, source=opt_path)
-    setup_logger(None)
+    log = setup_logger(None)
     device = select_device(opt.device)
-    model, stream, _ = build_run(opt, device)
+    model, stream, val_loaders = build_run(opt, device)
     accumulate = opt.train.accumulate_grad_batches
+    automations = build_automations(opt)
+    loop = TrainingLoop(opt, model, stream, val_loaders, automations, Path(tempfile.mkdtemp()),
+                        TensorBoardWriter(None), log)
+    print_freq = opt.logger.print_freq
+    if not data_only:
+        loop.hook("on_train_start")
 
     fixed = [stream.next() for _ in range(accumulate)] if synthetic else None
 
     def step(i: int) -> None:
         # synthetic: reuse one real batch, so only the training step itself is timed
         batches = fixed if synthetic else [stream.next() for _ in range(accumulate)]
-        if not data_only:
-            model.train_step(batches, i)
+        if data_only:
+            return
+        model.train_step(batches, i)
+        loop.ctx.iteration = i
+        logs = None
+        if i % print_freq == 0:  # a logging step reads the device once, as in training
+            if sync_debug and device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+            logs = model.pop_logs(i)
+            if sync_debug and device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("error")
+        loop.hook("on_step_end", logs)
 
     for i in range(warmup):
         step(i + 1)
@@ -77,12 +95,13 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data
         "overrides": overrides,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "arch": opt.network_g["type"],
-        "batch_size": train_ds.get("batch_size_per_gpu"),
-        "gt_size": train_ds.get("gt_size"),
+        "batch_size": stream.knob("batch_size", warmup + iters),
+        "gt_size": stream.knob("gt_size", warmup + iters),
         "workers": train_ds.get("num_worker_per_gpu"),
         "amp": opt.amp,
         "channels_last": opt.channels_last,
         "compile": opt.compile,
+        "automations": [a.name for a in automations],
         "data_only": data_only,
         "synthetic": synthetic,
         "sync_debug": sync_debug,

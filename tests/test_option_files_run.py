@@ -75,7 +75,9 @@ def _esrgan(d: Path) -> list[str]:
 
 
 def _paragon(d: Path) -> list[str]:
-    return _train_hr(d, 16) + _val_paired(d, 2)
+    # no complexity list for the test images; MS-SSIM with 2 scales and a 3x3 window fits 16 px patches
+    return _train_hr(d, 16) + _val_paired(d, 2) + ["datasets.train.meta_info_file=null",
+                                                   "train.losses[1].weights=[0.5, 0.5]", "train.losses[1].win_size=3"]
 
 
 # family: (option file, data overrides, expected arch, learning rate, EMA decay)
@@ -83,9 +85,10 @@ FAMILIES = {
     "quickstart": ("options/train/quickstart.yml", _quickstart, "EDSR", 5e-4, 0.99),
     "edsr_mx2": ("options/train/EDSR/train_EDSR_Mx2.yml", _edsr, "EDSR", 1e-4, 0.999),
     "esrgan_psnr": ("options/train/ESRGAN/train_RRDBNet_PSNR_x4.yml", _esrgan, "RRDBNet", 2e-4, 0.999),
-    "paragonsr2_nano": ("options/train/ParagonSR2/2xParagonSR2_Nano_fidelity.yml", _paragon, "ParagonSR2", 2e-4,
-                        0.999),
-    "paragonsr2_s": ("options/train/ParagonSR2/2xParagonSR2_S_fidelity.yml", _paragon, "ParagonSR2", 1e-4, 0.999),
+    "paragonsr2_nano": ("options/train/ParagonSR2/2xParagonSR2_Nano_CC0_complexity05_ULTRA_FIDELITY.yml", _paragon,
+                        "ParagonSR2", 2e-4, 0.999),
+    "paragonsr2_s": ("options/train/ParagonSR2/2xParagonSR2_S_CC0_complexity05_ULTRA_FIDELITY.yml", _paragon,
+                     "ParagonSR2", 1e-4, 0.999),
 }
 
 

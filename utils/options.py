@@ -15,8 +15,8 @@ import inspect
 import re
 import types
 import typing
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -468,6 +468,8 @@ def _check_one(section: Any, path: tuple, comp: Component, problems: list[tuple[
             problems.extend(_pydantic_problems(err, comp.head, path))
             return section
     kwargs = {k: v for k, v in section.items() if k != "type" and k not in head_keys}
+    if head_values.get("enabled") is False:  # a switched-off section needs none of its required keys
+        return {"type": section["type"], **head_values, **kwargs}
     params = signature_params(obj)
     for name in comp.inject:
         value = context.get(name)

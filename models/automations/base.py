@@ -24,6 +24,12 @@ class Automation:
     #: an option section of its own under ``train:`` (e.g. ``swa``), or None
     section: ClassVar[str | None] = None
 
+    @classmethod
+    def check_options(cls, opt: Any, section: dict[str, Any], path: str) -> list[tuple[str, str]]:
+        """Problems with this automation's section that need the rest of the file (``--check``
+        reports them before anything is built); ``path`` is the section's key path."""
+        return []
+
     def on_train_start(self, ctx: TrainingContext) -> None:
         """Once, after the runner is built and a resumed state is loaded, before the first step."""
 

@@ -1,0 +1,134 @@
+"""Validation owned by the runner: inference (tiles, TTA), the metric loop over a runner's own
+``run_sample`` outputs, best-value bookkeeping and metric-fed LR schedulers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from utils import dist
+from utils.options import MetricEntry, head_and_kwargs
+from utils.registry import METRIC_REGISTRY
+from utils.tiling import tile_forward
+from utils.tta import tta_forward
+
+
+class ValidationMixin:
+    """The validation half of :class:`~models.base_model.BaseModel`; a runner implements
+    ``run_sample``, ``save_outputs`` and ``panel`` and lists its ``outputs``."""
+
+    # --------------------------------------------------------------- inference
+
+    def eval_net(self) -> nn.Module:
+        """The network validated, exported and kept as best: the EMA copy when EMA is on."""
+        return self.ema.module if self.ema is not None else self.nets[self.ema_of]
+
+    @torch.no_grad()
+    def inference(self, lq: torch.Tensor, net: nn.Module | Any | None = None) -> torch.Tensor:
+        net = net if net is not None else self.eval_net()
+        val = self.opt.val
+        tile, overlap, tta = (val.tile, val.tile_overlap, val.tta) if val is not None else (0, 16, False)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with self.autocast():
+                return net(x.contiguous(memory_format=self.memory_format)).float()
+
+        def tiled(x: torch.Tensor) -> torch.Tensor:
+            return tile_forward(forward, x, self.opt.scale, tile, overlap) if tile > 0 else forward(x)
+
+        if not isinstance(net, nn.Module):  # a plain function, e.g. a bicubic baseline
+            return tta_forward(tiled, lq) if tta else tiled(lq)
+        was_training = net.training
+        net.eval()
+        try:
+            return tta_forward(tiled, lq) if tta else tiled(lq)
+        finally:
+            net.train(was_training)
+
+    # --------------------------------------------------------------- validation
+
+    def run_sample(self, sample: dict[str, Any], net: Any = None) -> tuple[dict[str, torch.Tensor],
+                                                                           dict[str, torch.Tensor]]:
+        """Run one validation sample: ``(outputs, targets)``, both keyed by output name."""
+        raise NotImplementedError
+
+    def save_outputs(self, outputs: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
+        """Write one sample's outputs as images under ``folder``."""
+        raise NotImplementedError
+
+    def panel(self, sample: dict[str, Any], outputs: dict[str, torch.Tensor],
+              targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A CHW image for TensorBoard showing input, outputs and targets side by side."""
+        raise NotImplementedError
+
+    def baselines(self, loaders: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Scores of simple reference methods (``val.baselines``); none by default."""
+        return {}
+
+    @torch.no_grad()
+    def validate(
+        self,
+        loader: Any,
+        dataset_name: str,
+        iteration: int,
+        save_dir: Path | None = None,
+        tb: Any = None,
+        net: Any = None,
+        tb_images: int = 3,
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Metrics over a validation loader (batch 1); each rank runs its share, results are gathered."""
+        metrics = self.opt.val.metrics if self.opt.val is not None else {}
+        rows: list[dict[str, Any]] = []
+        for index, sample in enumerate(loader):
+            outputs, targets = self.run_sample(sample, net)
+            stem = Path(sample.get("lq_path", sample.get("gt_path", [f"{index:05d}"]))[0]).stem
+            row: dict[str, Any] = {"name": stem}
+            for name, mopt in metrics.items():
+                head, kwargs = head_and_kwargs(mopt, MetricEntry)
+                out = head.get("output") or self.outputs[0]
+                row[name] = float(METRIC_REGISTRY.get(mopt["type"])(outputs[out], targets[out], **kwargs)[0])
+            rows.append(row)
+            if save_dir is not None:
+                # during training the iteration tells the images apart; test runs save plain names
+                self.save_outputs(outputs, save_dir, f"{stem}_{iteration}" if iteration else stem)
+            if tb is not None and index < tb_images and dist.is_main():
+                tb.image(f"val_images/{dataset_name}/{stem}", self.panel(sample, outputs, targets).cpu(), iteration)
+        gathered = dist.all_gather_objects(rows)
+        rows = sorted((r for part in gathered for r in part), key=lambda r: r["name"])
+        means = {name: sum(r[name] for r in rows) / max(len(rows), 1) for name in metrics}
+        return means, rows
+
+    def metric_better(self, name: str) -> str:
+        mopt = self.opt.val.metrics[name]
+        if mopt.get("better"):
+            return mopt["better"]
+        return "higher" if getattr(METRIC_REGISTRY.get(mopt["type"]), "higher_is_better", True) else "lower"
+
+    def update_best(self, dataset_name: str, means: dict[str, float], iteration: int) -> dict[str, bool]:
+        """Record best values; returns which metrics improved."""
+        improved = {}
+        table = self.best.setdefault(dataset_name, {})
+        for name, value in means.items():
+            higher = self.metric_better(name) == "higher"
+            old = table.get(name)
+            better = old is None or (value > old["value"] if higher else value < old["value"])
+            if better:
+                table[name] = {"value": value, "iter": iteration}
+            improved[name] = better
+        return improved
+
+    def observe_validation(self, means: dict[str, float], iteration: int) -> None:
+        """Feed schedulers that watch a metric (e.g. ReduceLROnPlateau) the first set's scores."""
+        for key, scheduler in self.schedulers.items():
+            observe = getattr(scheduler, "observe", None)
+            if observe is None or not means:
+                continue
+            name = getattr(scheduler, "monitor", None) or next(iter(means))
+            before = getattr(scheduler, "reductions", None)
+            observe(means[name], self.metric_better(name) == "higher", iteration)
+            if before is not None and scheduler.reductions != before:
+                self.log.info(f"scheduler {key}: {name} has not improved; LR reduced to "
+                              f"{self.optimizers[key].param_groups[0]['lr']:.3g} at iteration {iteration}")
