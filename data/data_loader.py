@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data.resumable_sampler import ResumableBatchSampler, ResumableSampler
-from utils.options import LoaderOptions
+from utils.options import LoaderOptions, head_and_kwargs
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Schedule
 
@@ -62,9 +62,8 @@ def _seed_worker(worker_id: int, rank: int) -> None:
 
 def build_dataset(ds_opt: dict) -> Dataset:
     """Instantiate a validated dataset section; loader keys (batch size, workers, ...) are left out."""
-    loader_keys = set(LoaderOptions.model_fields)
-    kwargs = {k: v for k, v in ds_opt.items() if k not in loader_keys}
-    return DATASET_REGISTRY.get(ds_opt["type"])(**kwargs)
+    head, kwargs = head_and_kwargs(ds_opt, LoaderOptions)
+    return DATASET_REGISTRY.get(head["type"])(**kwargs)
 
 
 def build_val_loader(ds_opt: dict, rank: int = 0, world_size: int = 1) -> DataLoader:

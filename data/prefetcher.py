@@ -10,7 +10,7 @@ import torch
 from data.image_io import tensor_to_float
 
 
-def _to_device(
+def batch_to_device(
     batch: dict[str, Any], device: torch.device | None, channels_last: bool, non_blocking: bool
 ) -> dict[str, Any]:
     """Move tensors (only) to ``device``, 4-D ones to channels_last if asked, uint8 images to float.
@@ -46,7 +46,7 @@ class CPUPrefetcher:
             batch = next(self._iter)
         except StopIteration:
             return None
-        return _to_device(batch, self.device, self.channels_last, non_blocking=False)
+        return batch_to_device(batch, self.device, self.channels_last, non_blocking=False)
 
 
 class CUDAPrefetcher:
@@ -75,7 +75,7 @@ class CUDAPrefetcher:
         # The copies are queued on the side stream, so they overlap the work already queued on
         # the compute stream; next() makes the compute stream wait for them.
         with torch.cuda.stream(self.stream):
-            self._batch = _to_device(batch, self.device, self.channels_last, non_blocking=True)
+            self._batch = batch_to_device(batch, self.device, self.channels_last, non_blocking=True)
 
     def reset(self) -> None:
         self._iter = iter(self.loader)

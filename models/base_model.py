@@ -211,6 +211,12 @@ class BaseModel(ValidationMixin):
         optimizer.zero_grad(set_to_none=True)
         self._scaler_stepped = True
 
+    def discard_step(self) -> None:
+        """Forget the gradients of a step that will not be completed (out of memory, a trial step)."""
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        self._has_grad.clear()
+
     def end_step(self, iteration: int) -> None:
         """After every optimiser of the step: scaler update, EMA, schedulers."""
         if self._scaler_stepped:

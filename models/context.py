@@ -135,9 +135,7 @@ class TrainingContext:
                         stack.enter_context(ddp.no_sync())
                 model.train_step([batch] * self._loop.opt.train.accumulate_grad_batches, self.iteration + 1)
         finally:
-            for optimizer in model.optimizers.values():
-                optimizer.zero_grad(set_to_none=True)
-            model._has_grad.clear()
+            model.discard_step()
             model.load_state_dict(saved)
             model._log_sums, model._log_counts = logs
 

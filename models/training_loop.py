@@ -89,9 +89,7 @@ class TrainingLoop:
                 return
             except torch.cuda.OutOfMemoryError as err:
                 del batches
-                for optimizer in self.model.optimizers.values():
-                    optimizer.zero_grad(set_to_none=True)
-                self.model._has_grad.clear()
+                self.model.discard_step()
                 self.ctx.release_memory()
                 self.stream.rewind()
                 if not any(a.on_out_of_memory(self.ctx, err) for a in self.automations):

@@ -82,19 +82,12 @@ class EarlyStopping(Automation):
     def _resolve(self, ctx: TrainingContext) -> None:
         """Find (dataset, metric) to watch; a mistake is an option error naming the valid choices."""
         path = f"train.training_automations.{self.name}"
+        problems = self.check_options(ctx.opt, {"monitor": self.monitor}, path)  # the --check rule, once
+        if problems:
+            raise OptionsError(ctx.opt.source, problems)
         default = ctx.default_monitor()
-        if default is None:
-            raise OptionsError(ctx.opt.source, [(path, "early stopping watches a validation metric: add a "
-                                                 "validation dataset (datasets.val) and val.metrics")])
-        metrics = list(ctx.opt.val.metrics)
-        # the names the loop gives the validation sets (as data.data_loader.build_loaders does)
-        sets = [ds.get("name") or key for key, ds in ctx.opt.datasets.items() if key != "train"]
         dataset, metric = default if self.monitor is None else (
             self.monitor.split("/", 1) if "/" in self.monitor else (default[0], self.monitor))
-        if dataset not in sets or metric not in metrics:
-            raise OptionsError(ctx.opt.source, [(f"{path}.monitor", (
-                f"'{self.monitor}' is not a validation metric; valid metric names: {', '.join(metrics)} "
-                f"(of the first validation set, or 'dataset/metric' with a set among: {', '.join(sets)})"))])
         self.dataset, self.metric = dataset, metric
         self.higher = ctx.metric_better(metric) == "higher"
 
