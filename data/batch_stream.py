@@ -103,14 +103,12 @@ class BatchStream:
     def sample_batch(self, size: int, step: int) -> dict[str, Any]:
         """A batch of ``size`` samples from the start of this epoch's order, made with the settings
         of ``step`` and moved to the device, outside the stream (nothing is consumed)."""
-        from torch.utils.data import default_collate
-
         from data.prefetcher import batch_to_device
 
         order = self.batch_sampler.sampler.order()
         knobs = self.batch_sampler.knobs_at(step)
         items = [order[i % len(order)] for i in range(size)]
-        batch = default_collate([self.loader.dataset[(index, seed, knobs)] for index, seed in items])
+        batch = self.loader.collate_fn([self.loader.dataset[(index, seed, knobs)] for index, seed in items])
         return batch_to_device(batch, self.device, self.channels_last, non_blocking=False)
 
     # ------------------------------------------------------------------- batches

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from data.image_io import tensor_to_float
 from data.resumable_sampler import ResumableBatchSampler, ResumableSampler
 from utils.options import LoaderOptions, head_and_kwargs
 from utils.registry import DATASET_REGISTRY
@@ -44,6 +45,28 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def collate_samples(samples: list[Any]) -> Any:
+    """Collate sample dicts into a batch; tensors of one key but different dtypes meet on one scale.
+
+    Training keeps 8-bit images as uint8 tensors while 16-bit and float files give float32 in
+    [0, 1]; stacking the two would promote uint8 to float without dividing by 255. So when the
+    samples' dtypes differ for a key, each tensor goes through ``tensor_to_float`` first. Same
+    dtypes keep the default behaviour (uint8 stays uint8 for the fast path); other values
+    (paths) are collated as ``default_collate`` does (strings into lists).
+    """
+    if not samples or not isinstance(samples[0], Mapping):
+        return default_collate(samples)
+    batch = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if all(isinstance(v, torch.Tensor) for v in values) and len({v.dtype for v in values}) > 1:
+            values = [tensor_to_float(v) for v in values]
+            dtype = functools.reduce(torch.promote_types, [v.dtype for v in values])
+            values = [v.to(dtype) for v in values]
+        batch[key] = default_collate(values)
+    return batch
 
 
 def _mix_seed(*parts: int) -> int:
@@ -117,7 +140,7 @@ def build_dataloader(
             f"is fewer than batch_size {max(sizes)}; with drop_last no batch would be made"
         )
     batches = ResumableBatchSampler(sampler, batch_size, getattr(dataset, "schedules", {}), accumulate)
-    return DataLoader(dataset, batch_sampler=batches, generator=generator, **common)
+    return DataLoader(dataset, batch_sampler=batches, generator=generator, collate_fn=collate_samples, **common)
 
 
 def build_loaders(opt: Any, device: torch.device) -> tuple[Any, dict[str, DataLoader]]:

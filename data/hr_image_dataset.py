@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.image_io import list_images, read_image, to_float
+from data.degradations import DropoutOptions, JpegOptions
+from data.image_io import list_images, to_float
 from data.imresize import imresize
-from data.paired_image_dataset import SRImageDatasetBase
+from data.paired_image_dataset import SRImageDatasetBase, center_crop_pair
 from data.transforms import augment, mod_crop, random_crop
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Scheduled
@@ -16,11 +17,15 @@ from utils.schedule import Scheduled
 
 @DATASET_REGISTRY.register()
 class HRImageDataset(SRImageDatasetBase):
-    """GT images only; lq = bicubic(gt, 1/scale), clipped to [0, 1].
+    """GT images only; lq = bicubic(gt, 1/scale), clipped to [0, 1], for any channel count.
 
-    Training: a random ``gt_size`` patch plus flips/rotations, then downscaled.
-    Validation/test: the whole image mod-cropped to a multiple of ``scale``, then downscaled.
-    ``lq_path`` is the gt file's path (there is no LR file).
+    Training: a random ``gt_size`` patch plus flips/rotations, then downscaled, then the
+    lq-only ``lq_jpeg`` / ``lq_dropout``.
+    Validation/test: the whole image mod-cropped to a multiple of ``scale`` (or its
+    ``center_crop``), then downscaled.
+    ``lq_path`` is the gt file's path (there is no LR file). ``dataroot_gt`` may be a folder or
+    a stack file (4-D ``.npy``). Shared options (``channels``, ``value_scale``, ``indices``, ...):
+    see datasets/README.md.
     """
 
     def __init__(
@@ -33,15 +38,23 @@ class HRImageDataset(SRImageDatasetBase):
         use_rot: bool = True,
         aug_prob: Scheduled = 0.5,
         meta_info_file: str | None = None,
+        channels: int = 3,
+        value_scale: float | None = None,
+        indices: list[int] | None = None,
+        center_crop: int | None = None,
+        lq_jpeg: JpegOptions | None = None,
+        lq_dropout: DropoutOptions | None = None,
     ) -> None:
-        super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob)
+        super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob, channels=channels,
+                         value_scale=value_scale, center_crop=center_crop, lq_jpeg=lq_jpeg, lq_dropout=lq_dropout)
         self.dataroot_gt = dataroot_gt
         self.gt_paths = list_images(dataroot_gt)
+        self._keep_indices(indices)
         self._filter_meta_info(meta_info_file)
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
         gt_path = self.gt_paths[index]
-        gt = read_image(gt_path, as_float=False)
+        gt = self.read(gt_path)
         if rng is not None:
             gt = random_crop(gt, int(self.option("gt_size")), rng, gt_path)
             gt = augment([gt], self.use_hflip, self.use_rot, rng, self.option("aug_prob"))[0]
@@ -49,5 +62,7 @@ class HRImageDataset(SRImageDatasetBase):
             gt = mod_crop(gt, self.scale)
             if gt.shape[0] == 0 or gt.shape[1] == 0:
                 raise ValueError(f"image '{gt_path}' is smaller than scale {self.scale}")
+            if self.center_crop is not None:
+                gt = center_crop_pair(gt, None, self.center_crop, self.scale, gt_path)[0]
         lq = np.clip(imresize(to_float(gt), 1.0 / self.scale), 0.0, 1.0)
         return gt, lq, gt_path, gt_path

@@ -1,14 +1,25 @@
-"""Reading and writing images as float32 RGB arrays in [0, 1], and numpy <-> torch helpers."""
+"""Reading and writing images as HWC arrays (float32 in [0, 1]), and numpy <-> torch helpers.
+
+Image files (PNG, JPEG, TIFF, ...) are decoded with OpenCV; ``.npy`` files hold any number of
+bands. A 4-D ``.npy`` is a *stack* of images: :func:`list_images` lists its items as virtual
+paths ``<dir>/<name>.npy/<name>_<i>`` (see :func:`stack_item_path`), which every function here
+accepts like the path of a file.
+"""
 
 from __future__ import annotations
 
+import re
+import struct
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
+SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+_NPY_MAGIC = b"\x93NUMPY"
+_TIFF_SAMPLES_PER_PIXEL = 277
 
 
 class ImageReadError(OSError):
@@ -24,18 +35,105 @@ class ImageReadError(OSError):
         return (type(self), (self.path, self.reason))
 
 
-def read_image(path: str | Path, keep_channels: bool = False, as_float: bool = True) -> np.ndarray:
-    """Read an image as a float32 HWC array in [0, 1], channels in RGB(A) order.
+class ChannelCountError(ValueError):
+    """An image whose channel count does not fit the setting it is read for.
 
-    8-bit files are divided by 255, 16-bit files by 65535; float files (EXR/TIFF) are kept as
-    stored. ``as_float=False`` keeps the stored integer type (uint8 / uint16), so training can
-    crop first and convert only the patch (see :func:`to_float`). By default the result always
-    has 3 channels: grayscale is repeated and alpha is dropped. With ``keep_channels=True`` the
-    stored channels are kept (gray → HxWx1, RGBA → HxWx4).
+    A ValueError, not an :class:`ImageReadError`: it is a configuration mistake, so training
+    must stop on it rather than skip the file.
+    """
+
+
+# ---------------------------------------------------------------- stacks (4-D .npy)
+
+
+def stack_item_path(stack: str | Path, index: int) -> Path:
+    """The virtual path of item ``index`` of the stack file ``stack``: ``scenes.npy/scenes_3``.
+
+    Its ``stem`` and ``name`` are the item's name (``scenes_3``), which pairs gt and lq items
+    and names saved outputs; :func:`read_image` reads it like a file.
+    """
+    stack = Path(stack)
+    return stack / f"{stack.stem}_{index}"
+
+
+def split_stack_item(path: str | Path) -> tuple[Path, int] | None:
+    """``(stack file, index)`` for a virtual stack-item path, None for anything else."""
+    path = Path(path)
+    parent = path.parent
+    if parent.suffix.lower() != ".npy" or not parent.is_file():
+        return None
+    match = re.fullmatch(re.escape(parent.stem) + r"_(\d+)", path.name)
+    return (parent, int(match.group(1))) if match else None
+
+
+def is_band_file(path: str | Path) -> bool:
+    """True for ``.npy`` files and stack items: their channels are bands, none of them is alpha."""
+    path = Path(path)
+    return path.suffix.lower() == ".npy" or split_stack_item(path) is not None
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_image(
+    path: str | Path,
+    keep_channels: bool = False,
+    as_float: bool = True,
+    value_scale: float | None = None,
+) -> np.ndarray:
+    """Read an image as an HWC array, channels in the file's order (RGB(A) for colour files).
+
+    Scale: 8-bit files are divided by 255, 16-bit by 65535, float files are kept as stored.
+    ``value_scale`` replaces that divisor (for any stored type), e.g. 10000 for Sentinel-2
+    reflectance stored as uint16 0-10000; the result is then always float32.
+    ``as_float=False`` (and no ``value_scale``) keeps the stored type (uint8 / uint16 / float),
+    so training can crop first and convert only the patch (see :func:`to_float`); for ``.npy``
+    the result may then be a read-only view of the memory-mapped file. The result is always
+    C-contiguous.
+
+    Channels: by default the result has 3 channels: gray is repeated, the alpha of an RGBA
+    image file is dropped, other counts are a :class:`ChannelCountError`. With
+    ``keep_channels=True`` the stored channels are kept (gray → HxWx1, RGBA → HxWx4, N bands).
+
+    ``.npy``: a 2-D array is one band (HxW); a 3-D array is HWC or CHW: the channel axis is
+    whichever of the first and last axis is smaller (a tie is an error: store HWC). dtypes
+    uint8, uint16, float32, float64. Pickled/object arrays are refused, never unpickled. A 4-D
+    array is a stack of images: read its items through :func:`stack_item_path`.
+
+    TIFF goes through OpenCV, which reads 1, 3 (RGB) and 4 (RGBA) channel TIFFs only; a TIFF
+    with another band count (or bands stored as gray plus extra samples, which OpenCV would
+    silently reduce to one channel) is an :class:`ImageReadError` suggesting ``.npy``.
     """
     path = Path(path)
-    if not path.is_file():
+    img = _read_stored(path)
+    if value_scale is not None or as_float:
+        img = scale_values(img, value_scale) if value_scale is not None else to_float(img)
+        if type(img) is not np.ndarray or not (img.flags.writeable and img.flags.c_contiguous):
+            img = np.array(img, order="C")  # float results are plain, writable arrays (not memmap views)
+    if not keep_channels:
+        img = fit_channels(img, 3, path, setting="read_image's channel count",
+                           fix="pass keep_channels=True to keep all {stored}")
+    return np.ascontiguousarray(img)
+
+
+def _read_stored(path: Path) -> np.ndarray:
+    """HWC array in the file's channel order and stored dtype."""
+    item = split_stack_item(path) if not path.is_file() else None
+    if item is not None:
+        img = _stack_item(*item)
+    elif not path.is_file():
         raise ImageReadError(path, "no such file" if not path.exists() else "not a regular file")
+    elif path.suffix.lower() == ".npy":
+        img = _npy_image(path)
+    else:
+        img = _decode_with_opencv(path)
+    if img.dtype not in SUPPORTED_DTYPES:
+        raise ImageReadError(path, f"unsupported pixel type {img.dtype} (supported: uint8, uint16, "
+                                   "float32, float64)")
+    return img
+
+
+def _decode_with_opencv(path: Path) -> np.ndarray:
     # np.fromfile + imdecode (rather than cv2.imread) works for non-ASCII paths on every OS
     # and lets us tell "empty" from "undecodable".
     try:
@@ -44,31 +142,143 @@ def read_image(path: str | Path, keep_channels: bool = False, as_float: bool = T
         raise ImageReadError(path, str(err)) from err
     if raw.size == 0:
         raise ImageReadError(path, "file is empty")
+    samples = _tiff_samples_per_pixel(raw)
+    if samples is not None and samples not in (1, 3, 4):
+        raise ImageReadError(path, f"TIFF with {samples} bands; OpenCV reads TIFF with 1, 3 or 4 "
+                                   "channels only: store multi-band data as .npy")
     img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(path, "OpenCV could not decode it (corrupt or unsupported format)")
-
-    if img.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
-        raise ImageReadError(path, f"unsupported pixel type {img.dtype}")
-    if as_float:
-        img = to_float(img)
-
     if img.ndim == 2:
         img = img[:, :, None]
+    if samples is not None and img.shape[2] != samples:
+        # e.g. a 4-band GeoTIFF stored as gray + 3 extra samples, which OpenCV decodes as gray
+        raise ImageReadError(path, f"TIFF stores {samples} bands but OpenCV decodes {img.shape[2]} "
+                                   "(it reads only gray, RGB and RGBA TIFFs): store it as .npy")
     channels = img.shape[2]
     if channels == 3:
-        img = img[:, :, ::-1]
+        img = img[:, :, ::-1]  # OpenCV's BGR → the file's RGB
     elif channels == 4:
         img = img[:, :, [2, 1, 0, 3]]
     elif channels != 1:
         raise ImageReadError(path, f"unsupported channel count {channels}")
-
-    if not keep_channels:
-        if channels == 1:
-            img = np.repeat(img, 3, axis=2)
-        elif channels == 4:
-            img = img[:, :, :3]
     return np.ascontiguousarray(img)
+
+
+def _tiff_samples_per_pixel(raw: np.ndarray) -> int | None:
+    """SamplesPerPixel of the first image of a classic TIFF; None when ``raw`` is not one.
+
+    Read by hand because OpenCV does not report it: it rejects 5+ bands with a generic error
+    and decodes 2-4 gray+extra-sample bands as a single gray channel.
+    """
+    head = raw[:8].tobytes()
+    order = {b"II*\0": "<", b"MM\0*": ">"}.get(head[:4])
+    if len(head) < 8 or order is None:
+        return None
+    buf = raw.data
+    (ifd,) = struct.unpack(order + "I", head[4:8])
+    if ifd + 2 > len(raw):
+        return None
+    (count,) = struct.unpack_from(order + "H", buf, ifd)
+    for k in range(count):
+        offset = ifd + 2 + 12 * k
+        if offset + 12 > len(raw):
+            return None
+        tag, kind, _ = struct.unpack_from(order + "HHI", buf, offset)
+        if tag == _TIFF_SAMPLES_PER_PIXEL:
+            fmt = {3: "H", 4: "I"}.get(kind)
+            return struct.unpack_from(order + fmt, buf, offset + 8)[0] if fmt else None
+    return 1  # the TIFF default
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """The array of a ``.npy`` file, memory-mapped read-only; nothing is ever unpickled."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
+    except OSError as err:
+        raise ImageReadError(path, str(err)) from err
+    if not magic:
+        raise ImageReadError(path, "file is empty")
+    if magic != _NPY_MAGIC:
+        raise ImageReadError(path, "not a NumPy .npy file (no .npy header); pickles and other formats "
+                                   "are never loaded")
+    try:
+        # mmap: a crop or one item of a stack reads only the pages it touches
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        if "Python objects" in str(err) or "pickle" in str(err):
+            raise ImageReadError(path, "it stores Python objects (a pickled object array); only "
+                                       "numeric arrays are read, never unpickled") from err
+        raise ImageReadError(path, f"corrupt .npy file ({err})") from err
+    except OSError as err:
+        raise ImageReadError(path, f"corrupt .npy file ({err})") from err
+
+
+def _to_hwc(arr: np.ndarray, path: Path | str) -> np.ndarray:
+    """A 2-D (HxW) or 3-D (HWC or CHW) array as HWC: the smaller of the first and last axis
+    holds the channels."""
+    if arr.ndim == 2:
+        return arr[:, :, None]
+    first, last = arr.shape[0], arr.shape[2]
+    if first == last:
+        raise ImageReadError(path, f"cannot tell the channel axis of shape {arr.shape} (first and last "
+                                   "axis are equal); store it as HWC (height, width, channels)")
+    return arr if last < first else arr.transpose(1, 2, 0)
+
+
+def _npy_image(path: Path) -> np.ndarray:
+    arr = _load_npy(path)
+    if arr.ndim == 4:
+        raise ImageReadError(path, f"it holds a stack of {arr.shape[0]} images (shape {arr.shape}); "
+                                   f"read item i as '{path / (path.stem + '_<i>')}' or give the file "
+                                   "as a dataset's dataroot")
+    if arr.ndim not in (2, 3):
+        raise ImageReadError(path, f"expected a 2-D (HxW) or 3-D (HWC or CHW) array, got shape {arr.shape}")
+    return _to_hwc(arr, path)
+
+
+def _stack_item(stack: Path, index: int) -> np.ndarray:
+    arr = _load_npy(stack)
+    name = stack_item_path(stack, index)
+    if arr.ndim != 4:
+        raise ImageReadError(name, f"'{stack}' is not a stack (a 4-D array) but has shape {arr.shape}")
+    if index >= arr.shape[0]:
+        raise ImageReadError(name, f"the stack holds {arr.shape[0]} images, there is no item {index}")
+    return _to_hwc(arr[index], name)
+
+
+def fit_channels(
+    img: np.ndarray,
+    channels: int,
+    path: str | Path,
+    setting: str = "the dataset's channels",
+    fix: str = "set channels: {stored} to use every band",
+) -> np.ndarray:
+    """``img`` (HWC) with exactly ``channels`` channels.
+
+    Kept when it has them; gray (1) is repeated to 3 and the alpha of a 4-channel image file
+    (RGBA) is dropped when ``channels`` is 3; a 4-band ``.npy`` has no alpha. Anything else is a
+    :class:`ChannelCountError` naming the file, its channel count, ``setting`` and ``fix``
+    (``{stored}`` in it becomes the file's channel count).
+    """
+    stored = img.shape[2]
+    if stored == channels:
+        return img
+    if channels == 3 and stored == 1:
+        return np.repeat(img, 3, axis=2)
+    if channels == 3 and stored == 4 and not is_band_file(path):
+        return img[:, :, :3]
+    raise ChannelCountError(f"image '{path}' has {stored} channels but {setting} is {channels}; "
+                            + fix.format(stored=stored))
+
+
+def scale_values(img: np.ndarray, value_scale: float) -> np.ndarray:
+    """The stored values divided by ``value_scale``, as float32."""
+    value_scale = float(value_scale)
+    if not np.isfinite(value_scale) or value_scale <= 0:
+        raise ValueError(f"value_scale must be a positive number, got {value_scale}")
+    return img.astype(np.float32) / np.float32(value_scale)
 
 
 def to_float(img: np.ndarray) -> np.ndarray:
@@ -80,21 +290,33 @@ def to_float(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32, copy=False)
 
 
+# ---------------------------------------------------------------- writing
+
+
 def write_image(path: str | Path, img: np.ndarray, bit_depth: int = 8) -> None:
     """Write a float HWC (or HW) image in [0, 1] with RGB(A) channel order.
 
-    Values are clipped to [0, 1] and rounded to the nearest level. ``bit_depth=16`` writes a
-    16-bit PNG/TIFF. Missing parent folders are created.
+    Image files: 1, 3 or 4 channels; values are clipped to [0, 1] and rounded to the nearest
+    level; ``bit_depth=16`` writes a 16-bit PNG/TIFF. ``.npy``: any channel count, stored as
+    float32 HWC with the values as they are (no clipping or rounding; ``bit_depth`` does not
+    apply). Missing parent folders are created.
     """
     path = Path(path)
     if bit_depth not in (8, 16):
         raise ValueError(f"write_image '{path}': bit_depth must be 8 or 16, got {bit_depth}")
+    img = np.asarray(img)
+    if path.suffix.lower() == ".npy":
+        _write_npy(path, img)
+        return
     if bit_depth == 16 and path.suffix.lower() not in (".png", ".tif", ".tiff"):
         raise ValueError(f"write_image '{path}': 16-bit output needs a .png or .tif(f) file name")
-    img = np.asarray(img)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
+    if img.ndim == 3 and img.shape[2] not in (3, 4):
+        raise ValueError(f"write_image '{path}': image files hold 1, 3 or 4 channels (gray, RGB, RGBA), "
+                         f"got {img.shape[2]}; write a .npy file for N-band data (OpenCV writes "
+                         "TIFF with 1, 3 or 4 channels only, too)")
+    if img.ndim not in (2, 3):
         raise ValueError(f"write_image '{path}': expected HW, HWC with C in (1, 3, 4), got {img.shape}")
 
     peak = 255 if bit_depth == 8 else 65535
@@ -110,6 +332,19 @@ def write_image(path: str | Path, img: np.ndarray, bit_depth: int = 8) -> None:
     buf.tofile(str(path))
 
 
+def _write_npy(path: Path, img: np.ndarray) -> None:
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if img.ndim != 3:
+        raise ValueError(f"write_image '{path}': expected HW or HWC, got shape {img.shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(img, dtype=np.float32), allow_pickle=False)
+
+
+# ---------------------------------------------------------------- numpy <-> torch
+
+
 def img2tensor(img: np.ndarray) -> torch.Tensor:
     """HWC (or HW) numpy image → CHW tensor: uint8 stays uint8 (see :func:`tensor_to_float`),
     anything else becomes float32 in [0, 1]."""
@@ -119,7 +354,10 @@ def img2tensor(img: np.ndarray) -> torch.Tensor:
         raise ValueError(f"img2tensor expects an HWC or HW array, got shape {img.shape}")
     if img.dtype != np.uint8:
         img = to_float(img)
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1))
+    if not chw.flags.writeable:
+        chw = chw.copy()  # a read-only memory-mapped view: the tensor must own its memory
+    return torch.from_numpy(chw)
 
 
 def tensor_to_float(t: torch.Tensor) -> torch.Tensor:
@@ -143,17 +381,44 @@ def tensor2img(tensor: torch.Tensor, clip: bool = True) -> np.ndarray:
     return np.ascontiguousarray(t.numpy().transpose(1, 2, 0))
 
 
+# ---------------------------------------------------------------- listing
+
+
 def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (extensions in IMAGE_EXTENSIONS, any case), sorted by path."""
+    """Image files in ``folder`` (extensions in IMAGE_EXTENSIONS, any case), sorted by path.
+
+    A stack (4-D ``.npy``) stands for its items, in index order at the file's place
+    (:func:`stack_item_path`). ``folder`` may also be a ``.npy`` file: its items, or the file
+    itself when it holds one image.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise FileNotFoundError(f"image folder '{folder}' does not exist")
+    if folder.is_file() and folder.suffix.lower() == ".npy":
+        return _expand_stack(folder, strict=True)
     if not folder.is_dir():
-        raise NotADirectoryError(f"image folder '{folder}' is not a directory")
+        raise NotADirectoryError(f"image folder '{folder}' is not a directory (nor a .npy file)")
     pattern = "**/*" if recursive else "*"
     files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
+    images = [item for f in files for item in _expand_stack(f, strict=False)]
+    if not images:
         raise FileNotFoundError(
             f"image folder '{folder}' contains no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return files
+    return images
+
+
+def _expand_stack(path: Path, strict: bool) -> list[Path]:
+    """The item paths of a stack file; ``[path]`` for any other file. An unreadable ``.npy``
+    is an error when ``strict``, else listed as one image (reading it names the problem)."""
+    if path.suffix.lower() != ".npy":
+        return [path]
+    try:
+        shape = _load_npy(path).shape
+    except ImageReadError:
+        if strict:
+            raise
+        return [path]
+    if len(shape) != 4:
+        return [path]
+    return [stack_item_path(path, i) for i in range(shape[0])]

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.image_io import ImageReadError, img2tensor, list_images, read_image, tensor_to_float
+from data.degradations import DropoutOptions, JpegOptions, check_dropout, check_jpeg, random_lq_degradations
+from data.image_io import ImageReadError, fit_channels, img2tensor, list_images, read_image, tensor_to_float
 from data.transforms import augment, mod_crop, paired_random_crop
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Schedule, Scheduled, as_schedule, integer_schedule
@@ -23,19 +24,25 @@ PHASES = ("train", "val", "test")
 class SRImageDatasetBase(Dataset):
     """What every SR image dataset shares: option checks, per-sample RNG, skipping bad files.
 
-    Subclasses fill ``self.gt_paths`` and implement ``load(index, rng)``, which returns
-    ``(gt, lq, gt_path, lq_path)`` as HWC arrays; ``rng`` is None outside training.
+    Subclasses fill ``self.gt_paths`` (then call :meth:`_keep_indices`) and implement
+    ``load(index, rng)``, which returns ``(gt, lq, gt_path, lq_path)`` as HWC arrays read with
+    :meth:`read` (cropped and flipped in training, centre-cropped with ``center_crop`` otherwise);
+    ``rng`` is None outside training. The base then applies the LR-only degradations
+    (``lq_jpeg``, ``lq_dropout``) to the training lq patch.
     Training samples keep 8-bit images as uint8 tensors: a quarter of the bytes to collate, pin
     and copy; the prefetcher turns them into float on the device. Other phases return float32.
-    In training, crops and flips come from a per-sample seed: the one given with the index
-    (``dataset[(index, seed)]``, as ``ResumableSampler`` yields) or else one drawn from torch's RNG.
+    In training, crops, flips and degradations come from a per-sample seed: the one given with the
+    index (``dataset[(index, seed)]``, as ``ResumableSampler`` yields) or else one drawn from
+    torch's RNG.
     """
 
     #: options that may change during a run (a schedule in the option file, or an automation)
     live_options: tuple[str, ...] = ("gt_size", "aug_prob")
 
     def __init__(self, scale: int, phase: str, gt_size: Any, use_hflip: bool, use_rot: bool,
-                 aug_prob: Any = 0.5) -> None:
+                 aug_prob: Any = 0.5, *, channels: int = 3, value_scale: float | None = None,
+                 center_crop: int | None = None, lq_jpeg: JpegOptions | None = None,
+                 lq_dropout: DropoutOptions | None = None) -> None:
         name = type(self).__name__
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"{name}: scale must be a positive integer, got {scale!r}")
@@ -45,6 +52,14 @@ class SRImageDatasetBase(Dataset):
         self.phase = phase
         self.use_hflip = use_hflip
         self.use_rot = use_rot
+        self.channels = self._check_channels(channels)
+        self.value_scale = self._check_value_scale(value_scale)
+        self.center_crop = self._check_center_crop(center_crop)
+        if phase != "train" and (lq_jpeg is not None or lq_dropout is not None):
+            raise ValueError(f"{name}: lq_jpeg and lq_dropout are training augmentations, but phase is "
+                             f"{phase!r}; for a degraded validation set, write its LR images")
+        self.lq_jpeg = check_jpeg(lq_jpeg, self.channels, f"{name}: lq_jpeg")
+        self.lq_dropout = check_dropout(lq_dropout, f"{name}: lq_dropout")
         # Scheduled options: the value at step 0 is the default; non-constant schedules are handed
         # to the batch sampler, which evaluates them per batch and passes the values with the indices.
         self.schedules: dict[str, Schedule] = {}
@@ -59,6 +74,52 @@ class SRImageDatasetBase(Dataset):
         # Per process: each DataLoader worker keeps its own count and list.
         self.num_skipped = 0
         self._unreadable: set[int] = set()
+
+    def _check_channels(self, channels: Any) -> int:
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"{type(self).__name__}: channels must be a positive integer, got {channels!r}")
+        return channels
+
+    def _check_value_scale(self, value_scale: Any) -> float | None:
+        if value_scale is None:
+            return None
+        number = not isinstance(value_scale, bool) and isinstance(value_scale, (int, float))
+        if not number or not 0 < value_scale < np.inf:
+            raise ValueError(f"{type(self).__name__}: value_scale must be a positive number, got {value_scale!r}")
+        return float(value_scale)
+
+    def _check_center_crop(self, size: Any) -> int | None:
+        name = type(self).__name__
+        if size is None:
+            return None
+        if self.phase == "train":
+            raise ValueError(f"{name}: center_crop is for validation/test; training crops random "
+                             "gt_size patches")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % self.scale:
+            raise ValueError(f"{name}: center_crop must be a positive multiple of scale {self.scale}, got {size!r}")
+        return size
+
+    def _keep_indices(self, indices: list[int] | None) -> None:
+        """Keep only the images at these positions of the sorted list (stacks expanded)."""
+        if indices is None:
+            return
+        name, n = type(self).__name__, len(self.gt_paths)
+        bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+        if bad:
+            raise ValueError(f"{name}: indices {bad} out of range: '{self.dataroot_gt}' holds {n} images "
+                             f"(indices 0 to {n - 1})")
+        if not indices or len(set(indices)) != len(indices):
+            raise ValueError(f"{name}: indices must be a non-empty list without repeats, got {indices}")
+        keep = sorted(indices)
+        self.gt_paths = [self.gt_paths[i] for i in keep]
+        if hasattr(self, "lq_paths"):
+            self.lq_paths = [self.lq_paths[i] for i in keep]
+
+    def read(self, path: Path) -> np.ndarray:
+        """An image in its stored dtype (or float32 with ``value_scale``) with ``channels``
+        channels; a wrong channel count is a :class:`~data.image_io.ChannelCountError`."""
+        img = read_image(path, keep_channels=True, as_float=False, value_scale=self.value_scale)
+        return fit_channels(img, self.channels, path)
 
     def _schedule(self, option: str, sched: Schedule) -> Any:
         for value in sched.values():
@@ -110,6 +171,8 @@ class SRImageDatasetBase(Dataset):
 
     def _sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
         gt, lq, gt_path, lq_path = self.load(index, rng)
+        if rng is not None:
+            lq = random_lq_degradations(lq, rng, self.lq_jpeg, self.lq_dropout)
         gt_t, lq_t = img2tensor(gt), img2tensor(lq)
         if rng is None:
             gt_t, lq_t = tensor_to_float(gt_t), tensor_to_float(lq_t)
@@ -165,6 +228,35 @@ def align_pair(gt: np.ndarray, lq: np.ndarray, scale: int, gt_path: Path, lq_pat
     return mod_crop(gt, scale)
 
 
+def center_crop_pair(
+    gt: np.ndarray, lq: np.ndarray | None, size: int, scale: int, gt_path: Path
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The centre ``size`` x ``size`` of ``gt`` and the matching ``size/scale`` square of ``lq``.
+
+    ``gt`` is ``scale`` x lq's size (or, without lq, a multiple of ``scale``). The corner is
+    chosen on the lq grid, ``((H/scale - size/scale) // 2, (W/scale - size/scale) // 2)``, and
+    multiplied by ``scale`` for gt, so the two crops stay aligned.
+    """
+    lq_size = size // scale
+    h_lq, w_lq = gt.shape[0] // scale, gt.shape[1] // scale
+    if h_lq < lq_size or w_lq < lq_size:
+        raise ValueError(f"image '{gt_path}' is {gt.shape[0]}x{gt.shape[1]} (HxW), smaller than "
+                         f"center_crop {size}x{size}")
+    y, x = (h_lq - lq_size) // 2, (w_lq - lq_size) // 2
+    gt = gt[y * scale : y * scale + size, x * scale : x * scale + size]
+    if lq is not None:
+        lq = lq[y : y + lq_size, x : x + lq_size]
+    return gt, lq
+
+
+def pair_by_position(gt_paths: list[Path], lq_paths: list[Path], gt_root: str, lq_root: str) -> list[Path]:
+    """Item i of the gt stack with item i of the lq stack (both dataroots are .npy files)."""
+    if len(gt_paths) != len(lq_paths):
+        raise ValueError(f"gt '{gt_root}' holds {len(gt_paths)} images but lq '{lq_root}' holds "
+                         f"{len(lq_paths)}; two stack files pair item by item")
+    return list(lq_paths)
+
+
 def match_lq_files(
     gt_paths: list[Path], lq_paths: list[Path], filename_tmpl: str, scale: int, lq_root: str | Path
 ) -> list[Path]:
@@ -195,10 +287,13 @@ def match_lq_files(
 
 @DATASET_REGISTRY.register()
 class PairedImageDataset(SRImageDatasetBase):
-    """GT and LQ folders whose files pair up by name.
+    """GT and LQ folders whose files pair up by name (a stack's item i is named ``<stem>_i``),
+    or two stack files (4-D ``.npy``) whose items pair up by position.
 
-    Training: a random scale-aligned ``gt_size`` patch plus flips/rotations.
-    Validation/test: whole images, gt mod-cropped to exactly ``scale`` x lq.
+    Training: a random scale-aligned ``gt_size`` patch plus flips/rotations, then the lq-only
+    ``lq_jpeg`` / ``lq_dropout``. Validation/test: whole images, gt mod-cropped to exactly
+    ``scale`` x lq, or their aligned ``center_crop``.
+    Shared options (``channels``, ``value_scale``, ``indices``, ...): see datasets/README.md.
     """
 
     def __init__(
@@ -213,24 +308,41 @@ class PairedImageDataset(SRImageDatasetBase):
         aug_prob: Scheduled = 0.5,
         filename_tmpl: str = "{}",
         meta_info_file: str | None = None,
+        channels: int = 3,
+        value_scale: float | None = None,
+        indices: list[int] | None = None,
+        center_crop: int | None = None,
+        lq_jpeg: JpegOptions | None = None,
+        lq_dropout: DropoutOptions | None = None,
     ) -> None:
-        super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob)
+        super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob, channels=channels,
+                         value_scale=value_scale, center_crop=center_crop, lq_jpeg=lq_jpeg, lq_dropout=lq_dropout)
         if "{}" not in filename_tmpl:
             raise ValueError(f"PairedImageDataset: filename_tmpl {filename_tmpl!r} must contain '{{}}'")
         self.dataroot_gt = dataroot_gt
         self.dataroot_lq = dataroot_lq
         self.filename_tmpl = filename_tmpl
         self.gt_paths = list_images(dataroot_gt)
-        self.lq_paths = match_lq_files(
-            self.gt_paths, list_images(dataroot_lq), filename_tmpl, scale, dataroot_lq
-        )
+        lq_paths = list_images(dataroot_lq)
+        if _is_npy_file(dataroot_gt) and _is_npy_file(dataroot_lq):
+            self.lq_paths = pair_by_position(self.gt_paths, lq_paths, dataroot_gt, dataroot_lq)
+        else:
+            self.lq_paths = match_lq_files(self.gt_paths, lq_paths, filename_tmpl, scale, dataroot_lq)
+        self._keep_indices(indices)
+        self._filter_meta_info(meta_info_file)
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
         gt_path, lq_path = self.gt_paths[index], self.lq_paths[index]
-        gt = read_image(gt_path, as_float=False)
-        lq = read_image(lq_path, as_float=False)
+        gt = self.read(gt_path)
+        lq = self.read(lq_path)
         gt = align_pair(gt, lq, self.scale, gt_path, lq_path)
         if rng is not None:
             gt, lq = paired_random_crop(gt, lq, int(self.option("gt_size")), self.scale, rng, gt_path)
             gt, lq = augment([gt, lq], self.use_hflip, self.use_rot, rng, self.option("aug_prob"))
+        elif self.center_crop is not None:
+            gt, lq = center_crop_pair(gt, lq, self.center_crop, self.scale, gt_path)
         return gt, lq, gt_path, lq_path
+
+
+def _is_npy_file(path: str | Path) -> bool:
+    return Path(path).is_file() and Path(path).suffix.lower() == ".npy"

@@ -16,8 +16,8 @@ from utils import dist
 from utils.checkpoint import rng_state, set_rng_state
 from utils.ema import ModelEMA
 from utils.logger import get_logger
-from utils.options import Options
-from utils.registry import ARCH_REGISTRY, OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
+from utils.options import MetricEntry, Options, head_and_kwargs
+from utils.registry import ARCH_REGISTRY, METRIC_REGISTRY, OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
 from utils.weights import load_network
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -149,10 +149,15 @@ class BaseModel(ValidationMixin):
         if dist.is_dist():
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        if compile_net:
-            mode = None if compile_net is True or compile_net == "default" else compile_net
-            net = torch.compile(net, mode=mode)
-        return net
+        return self.compiled(net, compile_net)
+
+    @staticmethod
+    def compiled(net: nn.Module, compile_net: bool | str) -> nn.Module:
+        """``net`` under torch.compile in the option's mode (unchanged when compile is off)."""
+        if not compile_net:
+            return net
+        mode = None if compile_net is True or compile_net == "default" else compile_net
+        return torch.compile(net, mode=mode)
 
     def add_trained(self, name: str, net: nn.Module, key: str, optim_opt: dict[str, Any],
                     sched_opt: dict[str, Any] | None, grad_clip: float | None, params: list | None = None) -> None:
@@ -270,11 +275,31 @@ class BaseModel(ValidationMixin):
             logs = dict(zip(keys, values.cpu().tolist()))
         self._log_sums.clear()
         self._log_counts.clear()
+        logs.update(self.status_scalars(iteration))
+        return logs
+
+    def status_scalars(self, iteration: int) -> dict[str, float]:
+        """Values known on the host, logged at each logging step: ``lr_<network>`` (one per
+        optimiser; ``_<i>`` per param group when there are several) and the ``EMA/*`` state."""
+        out = {}
         for key, optimizer in self.optimizers.items():
             groups = optimizer.param_groups
             for i, group in enumerate(groups):
-                logs[f"lr/net_{key}" + (f"_{i}" if len(groups) > 1 else "")] = group["lr"]
-        return logs
+                out[f"lr_{self.trained_nets[key]}" + (f"_{i}" if len(groups) > 1 else "")] = group["lr"]
+        out.update(self.ema.scalars(iteration) if self.ema is not None else {"EMA/enabled": 0.0})
+        return out
+
+    def log_train_metrics(self, outputs: torch.Tensor, targets: torch.Tensor, iteration: int) -> None:
+        """``train.train_metrics`` on the step's last micro-batch, at logging steps only, as
+        ``train_metrics/<name>`` (device tensors: no host sync)."""
+        metrics = self.opt.train.train_metrics
+        if not metrics or iteration % self.opt.logger.print_freq:
+            return
+        outputs, targets = outputs.detach().float().clamp(0, 1), targets.detach().float()
+        for name, mopt in metrics.items():
+            _, kwargs = head_and_kwargs(mopt, MetricEntry)
+            value = METRIC_REGISTRY.get(mopt["type"])(outputs, targets, **kwargs)
+            self.log_value(f"train_metrics/{name}", value.mean())
 
     # -------------------------------------------------------------------- state
 

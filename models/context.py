@@ -88,6 +88,10 @@ class TrainingContext:
     def loss_labels(self) -> list[str]:
         return self._loop.model.losses.labels
 
+    def loss_log_key(self, label: str | None = None) -> str:
+        """The name under which the logs carry loss ``label`` (None: the weighted total)."""
+        return self._loop.model.losses.log_key(label)
+
     def loss_weight(self, label: str) -> float:
         """The scheduled weight of loss ``label`` at this iteration (without the multiplier)."""
         return float(self._loop.model.losses.term(label).weight(self.iteration))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -35,12 +36,19 @@ class LossTerm:
 class LossSet:
     """Weighted sum of listed losses. A loss returns an unweighted value; the weight applied at
     step ``s`` is ``loss_weight(s) x multiplier``. Each unweighted term is logged as
-    ``losses/<label>`` and the sum as ``losses/total``; a term whose weight is 0 is not computed.
+    ``<prefix>/<label>`` and the weighted sum as ``total_key`` (``losses/...`` and ``losses/total``
+    unless the runner names them otherwise); a term whose weight is 0 is not computed.
     """
 
     def __init__(self, entries: list[dict[str, Any]], device: torch.device,
-                 log: Callable[[str, torch.Tensor], None]) -> None:
+                 log: Callable[[str, torch.Tensor], None], prefix: str = "losses",
+                 total_key: str = "losses/total",
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
         self.log = log
+        self.autocast = autocast
+        self.prefix = prefix
+        self.total_key = total_key
         self.terms: list[LossTerm] = []
         seen: dict[str, int] = {}
         for entry in entries:
@@ -49,12 +57,16 @@ class LossSet:
             seen[label] = seen.get(label, 0) + 1
             if seen[label] > 1:
                 label = f"{label}_{seen[label]}"
-            fn = LOSS_REGISTRY.get(entry["type"])(**kwargs).to(device)
+            fn = LOSS_REGISTRY.get(entry["type"])(**kwargs).to(device, memory_format=memory_format)
             self.terms.append(LossTerm(label, fn, Schedule.parse(head.get("loss_weight", 1.0)), loss_inputs(entry)))
 
     @property
     def labels(self) -> list[str]:
         return [t.label for t in self.terms]
+
+    def log_key(self, label: str | None = None) -> str:
+        """The logged name of term ``label``, or of the weighted total when None."""
+        return self.total_key if label is None else f"{self.prefix}/{label}"
 
     def term(self, label: str) -> LossTerm:
         for t in self.terms:
@@ -71,11 +83,14 @@ class LossSet:
             if weight == 0.0:
                 continue
             args = [as_float.setdefault(k, tensors[k].float()) for k in term.inputs]
-            value = term.fn(*args)
-            self.log(f"losses/{term.label}", value)
+            # a loss with a network inside (``amp_ok``) runs in the runner's precision; the others
+            # in float32, whatever the precision of the step
+            with self.autocast() if getattr(term.fn, "amp_ok", False) else contextlib.nullcontext():
+                value = term.fn(*args)
+            self.log(self.log_key(term.label), value)
             total = weight * value if total is None else total + weight * value
         if total is not None:
-            self.log("losses/total", total)
+            self.log(self.total_key, total)
         return total
 
     def state_dict(self) -> dict[str, float]:

@@ -55,6 +55,16 @@ class _ClosedFormLR(LRScheduler):
             for group in self.optimizer.param_groups
         ]
 
+    def step(self, epoch: int | None = None) -> None:
+        """Advance one iteration. The LR is a function of the step alone, so stepping while the
+        optimiser skipped (a discriminator waiting out the generator's pre-training) is right, and
+        torch's "step() before optimizer.step()" warning does not apply."""
+        if epoch is not None:
+            raise ValueError("closed-form schedulers count steps themselves; step() takes no epoch")
+        self._step_count += 1
+        self.last_epoch += 1
+        self._apply()
+
     def _apply(self) -> None:
         """Set the groups' LRs for the current step without advancing it (after a load or a reduction)."""
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):

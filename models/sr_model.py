@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,9 +14,19 @@ from models.base_model import BaseModel, NonFiniteLossError, quantize
 from models.loss_set import LossSet
 from utils.ema import ModelEMA
 from utils.options import Options
-from utils.registry import MODEL_REGISTRY
+from utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY, Registry
 
 __all__ = ["NonFiniteLossError", "SRModel"]
+
+
+def component_keyword(registry: Registry, section: dict[str, Any], key: str) -> Any:
+    """The value ``key`` takes in a component section: written, else the constructor's default;
+    None when the class has no such keyword."""
+    params = inspect.signature(registry.get(section["type"]).__init__).parameters
+    if key not in params:
+        return None
+    default = params[key].default
+    return section.get(key, None if default is inspect.Parameter.empty else default)
 
 
 @MODEL_REGISTRY.register()
@@ -27,6 +38,21 @@ class SRModel(BaseModel):
 
     loss_tensors: ClassVar[frozenset[str]] = frozenset({"sr", "gt", "lq"})
     outputs: ClassVar[tuple[str, ...]] = ("sr",)
+    #: where the loss terms and their weighted total are logged
+    loss_log_names: ClassVar[tuple[str, str]] = ("losses", "losses/total")
+
+    @classmethod
+    def check_options(cls, opt: Options) -> list[tuple[str, str]]:
+        """Besides the base checks: every dataset's ``channels`` matches the generator's input and
+        output channel counts (a 4-band set and an RGB network would otherwise fail mid-run)."""
+        problems = super().check_options(opt)
+        for key in ("num_in_ch", "num_out_ch"):
+            want = component_keyword(ARCH_REGISTRY, opt.network_g, key)
+            for name, ds in opt.datasets.items():
+                have = component_keyword(DATASET_REGISTRY, ds, "channels")
+                if want is not None and have is not None and have != want:
+                    problems.append((f"datasets.{name}.channels", f"{have}, but network_g.{key} is {want}"))
+        return problems
 
     def __init__(self, opt: Options, device: torch.device) -> None:
         super().__init__(opt, device)
@@ -41,7 +67,9 @@ class SRModel(BaseModel):
         if t.ema_decay > 0:
             self.ema = ModelEMA(net_g, t.ema_decay, t.ema_update_after, t.ema_warmup)
         self.add_trained("net_g", net_g, "g", t.optim_g, t.scheduler, t.grad_clip)
-        self.losses = LossSet(t.losses, device, self.log_value)
+        prefix, total = self.loss_log_names
+        self.losses = LossSet(t.losses, device, self.log_value, prefix=prefix, total_key=total,
+                              autocast=self.autocast, memory_format=self.memory_format)
 
     @property
     def net_g(self) -> nn.Module:
@@ -55,6 +83,7 @@ class SRModel(BaseModel):
                 sr = net(batch["lq"])
             loss = self.losses({"sr": sr, "gt": batch["gt"], "lq": batch["lq"]}, iteration)
             self.backward(loss, "g", len(batches))
+        self.log_train_metrics(sr, batch["gt"], iteration)
         self.optimizer_step("g")
         self.end_step(iteration)
 
@@ -73,19 +102,30 @@ class SRModel(BaseModel):
 
     def run_sample(self, sample: dict[str, Any], net: Any = None) -> tuple[dict[str, torch.Tensor],
                                                                            dict[str, torch.Tensor]]:
-        sr = quantize(self.inference(sample["lq"].to(self.device), net))
+        sr = self.inference(sample["lq"].to(self.device), net)
+        # Images (1 or 3 channels) are scored as the 8-bit PNG they are saved as; other band
+        # counts are saved as float .npy, so they are scored unrounded.
+        sr = quantize(sr) if sr.shape[1] in (1, 3) else sr.clamp(0, 1)
         return {"sr": sr}, {"sr": sample["gt"].to(self.device)}
 
     def save_outputs(self, outputs: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
+        """An 8-bit PNG for 1 or 3 channels; otherwise every band as float32 HWC ``.npy`` and a
+        PNG preview of the first three bands (``<stem>_rgb.png``)."""
         from data.image_io import tensor2img, write_image
 
-        write_image(folder / f"{stem}.png", tensor2img(outputs["sr"][0]))
+        img = tensor2img(outputs["sr"][0])
+        if img.shape[2] in (1, 3):
+            write_image(folder / f"{stem}.png", img)
+            return
+        write_image(folder / f"{stem}.npy", img)
+        write_image(folder / f"{stem}_rgb.png", img[:, :, :3] if img.shape[2] >= 3 else img[:, :, :1])
 
     def panel(self, sample: dict[str, Any], outputs: dict[str, torch.Tensor],
               targets: dict[str, torch.Tensor]) -> torch.Tensor:
         gt, sr = targets["sr"][0], outputs["sr"][0]
         up = F.interpolate(sample["lq"].float(), size=gt.shape[-2:], mode="nearest")[0].to(sr.device)
-        return torch.cat([up.clamp(0, 1), sr, gt], dim=-1)
+        panel = torch.cat([up.clamp(0, 1), sr, gt], dim=-1)
+        return panel[:3] if panel.shape[0] > 3 else panel  # N-band data: the first three bands
 
     def baselines(self, loaders: dict[str, Any]) -> dict[str, dict[str, float]]:
         """Nearest and MATLAB-bicubic upscaling of the LR images, scored like the model."""

@@ -48,6 +48,14 @@ def build_automations(opt: Options) -> list[Automation]:
     return built
 
 
+def console_names(logs: dict[str, float]) -> dict[str, float]:
+    """The logged values for the console line: short names (the last part, or the whole name where
+    two would read alike), without the ``EMA/*`` bookkeeping, which only TensorBoard gets."""
+    shown = {k: v for k, v in logs.items() if not k.startswith("EMA/")}
+    last = [k.split("/")[-1] for k in shown]
+    return {(k.split("/")[-1] if last.count(k.split("/")[-1]) == 1 else k): v for k, v in shown.items()}
+
+
 class TrainingLoop:
     def __init__(self, opt: Options, model: Any, stream: Any, val_loaders: dict[str, Any],
                  automations: list[Automation], exp: Path, tb: Any, log: Any) -> None:
@@ -104,7 +112,7 @@ class TrainingLoop:
         if self.model.device.type == "cuda":
             logs["vram/peak_gb"] = torch.cuda.max_memory_allocated(self.model.device) / 2**30
         self.tb.scalars(logs, iteration)
-        shown = "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in logs.items())
+        shown = "  ".join(f"{name} {v:.4g}" for name, v in console_names(logs).items())
         progress.set_status(shown)
         total = self.opt.train.total_iter
         eta = (total - iteration) / rate if rate > 0 else math.nan

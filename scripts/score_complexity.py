@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.image_io import ImageReadError, list_images, read_image  # noqa: E402
-from utils.image_statistics import STAT_NAMES, complexity_score, image_statistics  # noqa: E402
+from utils.image_statistics import STAT_NAMES, complexity_score, first_three_bands, image_statistics  # noqa: E402
 
 CSV_COLUMNS = ("path", *STAT_NAMES, "complexity")
 
@@ -30,7 +30,7 @@ def score_folder(folder: str | Path, recursive: bool = False) -> list[dict[str, 
     folder = Path(folder)
     rows: list[dict[str, str | float]] = []
     for path in list_images(folder, recursive=recursive):
-        stats = image_statistics(read_image(path))
+        stats = image_statistics(first_three_bands(read_image(path, keep_channels=True)))
         rows.append({"path": path.relative_to(folder).as_posix(), **stats, "complexity": complexity_score(stats)})
     return rows
 

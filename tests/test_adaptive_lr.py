@@ -219,7 +219,7 @@ def test_real_run_lr_follows_the_exponential_rule(tmp_path, hr_folder):
     result = train(path, ["logger.use_tb_logger=true", "train.scheduler.warmup_iter=5",
                           f"train.training_automations={{{NAME}: {{strategy: exponential, cooldown: 5}}}}"])
     acc = EventAccumulator(str(Path(result["experiment_dir"]) / "tb_logger")).Reload()
-    lrs = {e.step: e.value for e in acc.Scalars("lr/net_g")}
+    lrs = {e.step: e.value for e in acc.Scalars("lr_net_g")}
     assert lrs == pytest.approx({5: 1e-3, 10: 5e-4, 15: 5e-4 * 0.215443469, 20: 5e-4 * 0.0464158883}, rel=1e-6)
     ms = {e.step: e.value for e in acc.Scalars(f"automation/{NAME}/lr_multiplier")}
     assert ms == pytest.approx({10: 0.215443469, 15: 0.0464158883, 20: 0.01}, rel=1e-6)

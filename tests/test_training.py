@@ -119,11 +119,11 @@ def test_logs_tensorboard_retention_and_saved_options(tmp_path, hr_folder):
     assert (exp / "models" / "net_g_best.safetensors").is_file()
     acc = EventAccumulator(str(exp / "tb_logger"), size_guidance={"images": 0}).Reload()
     tags = acc.Tags()
-    assert {"losses/l1", "losses/total", "lr/net_g", "val_metrics/psnr"} <= set(tags["scalars"])
+    assert {"losses/l1", "losses/total", "lr_net_g", "val_metrics/psnr"} <= set(tags["scalars"])
     psnr_events = acc.Scalars("val_metrics/psnr")
     assert [e.step for e in psnr_events] == [10, 20]
     assert psnr_events[-1].value == pytest.approx(result["metrics"]["tinyval"]["psnr"], rel=1e-6)
-    lrs = {e.step: e.value for e in acc.Scalars("lr/net_g")}
+    lrs = {e.step: e.value for e in acc.Scalars("lr_net_g")}
     assert lrs[5] == pytest.approx(1e-3) and lrs[20] == pytest.approx(5e-4)  # milestone 0.5T halves it
     assert any(t.startswith("val_images/tinyval/") for t in tags["images"])
     assert len(list((exp / "visualization" / "tinyval").glob("*_20.png"))) == 6

@@ -23,6 +23,7 @@ class ModelEMA:
         self.update_after = update_after
         self.warmup = warmup
         self.num_updates = 0
+        self.last_decay = 0.0  # the decay of the latest update (0: a plain copy before update_after)
         self._cached: tuple[tuple, tuple[list, list, list, list]] | None = None
         self.module = copy.deepcopy(unwrap_model(net)).eval()
         self.module.requires_grad_(False)
@@ -63,7 +64,7 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, net: nn.Module, step: int) -> None:
-        decay = self.current_decay(step)
+        decay = self.last_decay = self.current_decay(step)
         ema_f, live_f, ema_o, live_o = self._pairs(net)
         if decay == 0.0:
             torch._foreach_copy_(ema_f, live_f)
@@ -73,10 +74,24 @@ class ModelEMA:
         if ema_o:
             torch._foreach_copy_(ema_o, live_o)
 
+    def scalars(self, step: int) -> dict[str, float]:
+        """The ``EMA/*`` values logged with the training scalars (OpenSR's names)."""
+        return {
+            "EMA/enabled": 1.0,
+            "EMA/decay": self.decay,
+            "EMA/update_after_step": float(self.update_after),
+            "EMA/use_num_updates": float(self.warmup),
+            "EMA/is_active": float(step >= self.update_after),
+            "EMA/steps_until_activation": float(max(0, self.update_after - step)),
+            "EMA/last_decay": self.last_decay,
+            "EMA/num_updates": float(self.num_updates),
+        }
+
     def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "num_updates": self.num_updates}
+        return {"module": self.module.state_dict(), "num_updates": self.num_updates, "last_decay": self.last_decay}
 
     def load_state_dict(self, state: dict) -> None:
         # load_state_dict copies in place, so cached tensor lists stay valid.
         self.module.load_state_dict(state["module"])
         self.num_updates = int(state["num_updates"])
+        self.last_decay = float(state.get("last_decay", 0.0))

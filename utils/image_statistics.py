@@ -135,6 +135,14 @@ def _random_crop(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.nda
     return img[top : top + ch, left : left + cw]
 
 
+def first_three_bands(img: np.ndarray) -> np.ndarray:
+    """The image the statistics describe: RGB as it is, gray repeated, RGBA without alpha, and
+    for N-band data (e.g. R, G, B, NIR) the first three bands."""
+    if img.shape[2] >= 3:
+        return np.ascontiguousarray(img[:, :, :3])
+    return np.repeat(img[:, :, :1], 3, axis=2)
+
+
 def sample_statistics(
     paths: Sequence[str | Path], crop: int, n: int, seed: int, max_images: int | None = None
 ) -> dict[str, float]:
@@ -164,7 +172,7 @@ def sample_statistics(
     for index in np.unique(picks):
         # Crop from the stored integer image and convert only the crops to float: decoding a
         # large image is unavoidable, converting all of it is not.
-        img = read_image(paths[index], as_float=False)
+        img = first_three_bands(read_image(paths[index], keep_channels=True, as_float=False))
         for _ in range(int((picks == index).sum())):
             stats = image_statistics(to_float(_random_crop(img, crop, rng)))
             for key, value in stats.items():

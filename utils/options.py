@@ -105,6 +105,24 @@ class LossEntry(_Section):
     inputs: list[str] | None = None  # the named tensors to pass, when not the loss's own ``inputs``
 
 
+class GANEntry(_Section):
+    """The keys of an adversarial-loss section that the runner handles itself."""
+
+    type: str
+    loss_weight: Scheduled = 1.0
+
+
+def _try_gan_loss(section: dict[str, Any]) -> None:
+    """Build the GAN loss, so conflicting values (labels with hinge) fail at --check, and make sure
+    the class plays both sides."""
+    cls = LOSS_REGISTRY.get(section["type"])
+    missing = [m for m in ("generator_loss", "discriminator_loss", "probability") if not hasattr(cls, m)]
+    if missing:
+        raise ValueError(f"{section['type']} is not an adversarial loss (it has no {', '.join(missing)}); "
+                         "use GANLoss")
+    cls(**{k: v for k, v in section.items() if k not in ("type", "loss_weight")})
+
+
 class MetricEntry(_Section):
     type: str
     better: Literal["higher", "lower"] | None = None
@@ -144,6 +162,7 @@ NETWORK = _component(ARCH_REGISTRY, inject=("scale",))
 OPTIMIZER = _component(OPTIMIZER_REGISTRY, skip=("params",))
 SCHEDULER = _component(SCHEDULER_REGISTRY, skip=("optimizer",), inject=("total_iter",), check=_try_scheduler)
 LOSSES = _component(LOSS_REGISTRY, many="list", head=LossEntry)
+GAN = _component(LOSS_REGISTRY, head=GANEntry, check=_try_gan_loss)
 
 
 class PathOptions(_Section):
@@ -165,6 +184,8 @@ class TrainOptions(_Section):
     ema_warmup: bool = False
     grad_clip: float | None = Field(None, gt=0)
     accumulate_grad_batches: int = Field(1, ge=1)
+    # metrics of the training batch, logged as train_metrics/<name> at each logging step
+    train_metrics: _component(METRIC_REGISTRY, many="dict", skip=("img", "img2"), head=MetricEntry) = {}
     training_automations: _component(AUTOMATION_REGISTRY, many="dict", head=AutomationEntry,
                                      type_from_key=True) = {}
 

@@ -133,7 +133,7 @@ class AdaptiveLR(Automation):
         it = ctx.iteration
         if logs is None or it < max(self.start, self.warmup_iter):
             return  # only logging steps decide; none before warm-up ends or before `start`
-        self._observe(it, logs.get("losses/total"))
+        self._observe(it, logs.get(ctx.loss_log_key()))
         if self.t0 is None:
             self._begin(ctx, it)
         if self.strategy == "adaptive" and it - self.last_eval >= self.cooldown and it - self.t0 >= self.window:

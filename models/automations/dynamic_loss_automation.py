@@ -205,7 +205,7 @@ class DynamicLossAutomation(Automation):
             return
         weights = {label: ctx.loss_weight(label) for label in ctx.loss_labels()}
         multipliers = {label: ctx.loss_multiplier(label) for label in weights}
-        values = {label: logs.get(f"losses/{label}") for label in weights}
+        values = {label: logs.get(ctx.loss_log_key(label)) for label in weights}
         active = [label for label in weights if weights[label] > 0 and multipliers[label] > 0
                   and values[label] is not None and math.isfinite(values[label]) and values[label] > 0]
         s = self.smoothing
