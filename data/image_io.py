@@ -144,8 +144,7 @@ def _decode_with_opencv(path: Path) -> np.ndarray:
         raise ImageReadError(path, "file is empty")
     samples = _tiff_samples_per_pixel(raw)
     if samples is not None and samples not in (1, 3, 4):
-        raise ImageReadError(path, f"TIFF with {samples} bands; OpenCV reads TIFF with 1, 3 or 4 "
-                                   "channels only: store multi-band data as .npy")
+        return _read_multiband_tiff(path, samples)
     img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(path, "OpenCV could not decode it (corrupt or unsupported format)")
@@ -153,8 +152,7 @@ def _decode_with_opencv(path: Path) -> np.ndarray:
         img = img[:, :, None]
     if samples is not None and img.shape[2] != samples:
         # e.g. a 4-band GeoTIFF stored as gray + 3 extra samples, which OpenCV decodes as gray
-        raise ImageReadError(path, f"TIFF stores {samples} bands but OpenCV decodes {img.shape[2]} "
-                                   "(it reads only gray, RGB and RGBA TIFFs): store it as .npy")
+        return _read_multiband_tiff(path, samples)
     channels = img.shape[2]
     if channels == 3:
         img = img[:, :, ::-1]  # OpenCV's BGR → the file's RGB
@@ -163,6 +161,27 @@ def _decode_with_opencv(path: Path) -> np.ndarray:
     elif channels != 1:
         raise ImageReadError(path, f"unsupported channel count {channels}")
     return np.ascontiguousarray(img)
+
+
+def _read_multiband_tiff(path: Path, samples: int) -> np.ndarray:
+    """A TIFF OpenCV cannot read (N bands, or bands stored as gray plus extra samples, as GDAL
+    writes them), through ``tifffile``: HWC in the file's band order and stored dtype."""
+    try:
+        import tifffile
+    except ImportError as err:
+        raise ImageReadError(path, f"TIFF with {samples} bands needs the tifffile package "
+                                   "(pip install tifffile), or store the data as .npy") from err
+    try:
+        arr = tifffile.imread(str(path), key=0)
+    except Exception as err:  # noqa: BLE001 - any decoder failure is reported with the file named
+        raise ImageReadError(path, f"tifffile could not decode it: {err}") from err
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    elif arr.ndim == 3 and arr.shape[-1] != samples and arr.shape[0] == samples:
+        arr = arr.transpose(1, 2, 0)  # planar (band-sequential) storage
+    if arr.ndim != 3 or arr.shape[-1] != samples:
+        raise ImageReadError(path, f"TIFF declares {samples} bands but decodes to shape {arr.shape}")
+    return np.ascontiguousarray(arr)
 
 
 def _tiff_samples_per_pixel(raw: np.ndarray) -> int | None:
@@ -312,16 +331,19 @@ def write_image(path: str | Path, img: np.ndarray, bit_depth: int = 8) -> None:
         raise ValueError(f"write_image '{path}': 16-bit output needs a .png or .tif(f) file name")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
-    if img.ndim == 3 and img.shape[2] not in (3, 4):
+    tiff = path.suffix.lower() in (".tif", ".tiff")
+    if img.ndim == 3 and img.shape[2] not in (3, 4) and not tiff:
         raise ValueError(f"write_image '{path}': image files hold 1, 3 or 4 channels (gray, RGB, RGBA), "
-                         f"got {img.shape[2]}; write a .npy file for N-band data (OpenCV writes "
-                         "TIFF with 1, 3 or 4 channels only, too)")
+                         f"got {img.shape[2]}; write a .tif or .npy file for N-band data")
     if img.ndim not in (2, 3):
-        raise ValueError(f"write_image '{path}': expected HW, HWC with C in (1, 3, 4), got {img.shape}")
+        raise ValueError(f"write_image '{path}': expected HW or HWC, got {img.shape}")
 
     peak = 255 if bit_depth == 8 else 65535
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     out = np.round(np.clip(img.astype(np.float64), 0.0, 1.0) * peak).astype(dtype)
+    if tiff and out.ndim == 3 and out.shape[2] not in (3, 4):
+        _write_multiband_tiff(path, out)
+        return
     if out.ndim == 3:
         out = out[:, :, [2, 1, 0, 3][: out.shape[2]]]
 
@@ -330,6 +352,20 @@ def write_image(path: str | Path, img: np.ndarray, bit_depth: int = 8) -> None:
     if not ok:
         raise OSError(f"write_image: OpenCV could not encode '{path}'")
     buf.tofile(str(path))
+
+
+def _write_multiband_tiff(path: Path, out: np.ndarray) -> None:
+    """N bands (band-interleaved, one gray band plus extra samples, as GDAL writes them) through
+    ``tifffile``; OpenCV writes 1, 3 and 4 channels only."""
+    try:
+        import tifffile
+    except ImportError as err:
+        raise ValueError(f"write_image '{path}': {out.shape[2]}-band TIFF needs the tifffile package "
+                         "(pip install tifffile), or write a .npy file") from err
+    from utils.weights import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, out, photometric="minisblack", planarconfig="contig"))
 
 
 def _write_npy(path: Path, img: np.ndarray) -> None:

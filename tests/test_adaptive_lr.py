@@ -31,6 +31,9 @@ class FakeCtx:
         self.calls: list[tuple[int, float]] = []
         self.reports: list[tuple[int, str, dict | None]] = []
 
+    def loss_log_key(self, label: str | None = None) -> str:
+        return "losses/total" if label is None else f"losses/{label}"
+
     def set_lr_multiplier(self, key: str, value: float) -> None:
         assert key == "g" and value > 0
         self.calls.append((self.iteration, value))

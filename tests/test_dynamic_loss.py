@@ -39,6 +39,9 @@ class FakeContext:
     def loss_labels(self) -> list[str]:
         return list(self.weights)
 
+    def loss_log_key(self, label: str | None = None) -> str:
+        return "losses/total" if label is None else f"losses/{label}"
+
     def loss_weight(self, label: str) -> float:
         return self.weights[label]
 

@@ -277,3 +277,17 @@ def test_score_script_missing_folder(tmp_path, capsys):
     )
     assert proc.returncode == 2
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_statistics_of_n_band_data_use_the_first_three_bands(tmp_path):
+    from utils.image_statistics import first_three_bands, sample_statistics
+
+    rng = np.random.default_rng(0)
+    rgbn = rng.random((40, 40, 4)).astype(np.float32)
+    np.save(tmp_path / "rgbn.npy", rgbn)
+    np.save(tmp_path / "rgb.npy", rgbn[:, :, :3].copy())
+    four = sample_statistics([tmp_path / "rgbn.npy"], crop=16, n=4, seed=1)
+    three = sample_statistics([tmp_path / "rgb.npy"], crop=16, n=4, seed=1)
+    assert four == pytest.approx(three)
+    gray = rng.random((5, 5, 1))
+    assert np.array_equal(first_three_bands(gray), np.repeat(gray, 3, axis=2))

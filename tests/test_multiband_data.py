@@ -186,23 +186,28 @@ def test_stacks_list_and_read_as_items(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- TIFF and writing
 
 
-def test_opencv_tiff_limits_give_clear_errors(tmp_path: Path) -> None:
+def test_multiband_tiff_beyond_opencv_goes_through_tifffile(tmp_path: Path) -> None:
     five = np.random.default_rng(2).integers(0, 60000, (4, 5, 5), dtype=np.uint16)
-    # OpenCV cannot write 5 bands ...
-    with pytest.raises(ValueError, match=r"1, 3 or 4 channels.*got 5.*\.npy"):
-        write_image(tmp_path / "five.tif", five / 65535.0, bit_depth=16)
-    # ... nor read them: a hand-made 5-band TIFF is refused by name, not as a generic decode error
+    # a hand-made 5-band TIFF (OpenCV refuses it): read with every band, in file order
     (tmp_path / "five.tif").write_bytes(tiff_bytes(five))
-    with pytest.raises(ImageReadError, match=r"five\.tif.*TIFF with 5 bands.*\.npy"):
-        read_image(tmp_path / "five.tif", keep_channels=True)
-    # a GDAL-style 4-band TIFF (gray + 3 extra samples): OpenCV would decode only one gray band
+    np.testing.assert_array_equal(read_image(tmp_path / "five.tif", keep_channels=True, as_float=False), five)
+    np.testing.assert_allclose(read_image(tmp_path / "five.tif", keep_channels=True), five / 65535.0, rtol=1e-6)
+    # a GDAL-style 4-band TIFF (gray + 3 extra samples): OpenCV alone would decode one gray band
     (tmp_path / "rgbn.tif").write_bytes(tiff_bytes(five[:, :, :4]))
     assert cv2.imdecode(np.fromfile(str(tmp_path / "rgbn.tif"), np.uint8), cv2.IMREAD_UNCHANGED).ndim == 2
-    with pytest.raises(ImageReadError, match="stores 4 bands but OpenCV decodes 1"):
-        read_image(tmp_path / "rgbn.tif", keep_channels=True)
-    # a single-band one is fine
+    np.testing.assert_array_equal(read_image(tmp_path / "rgbn.tif", True, as_float=False), five[:, :, :4])
+    # a single-band one still goes through OpenCV
     (tmp_path / "one.tif").write_bytes(tiff_bytes(five[:, :, :1]))
     np.testing.assert_array_equal(read_image(tmp_path / "one.tif", True, as_float=False), five[:, :, :1])
+    # writing N bands: 16-bit levels, read back exactly; PNG still refuses them
+    write_image(tmp_path / "out.tif", five / 65535.0, bit_depth=16)
+    np.testing.assert_array_equal(read_image(tmp_path / "out.tif", keep_channels=True, as_float=False), five)
+    with pytest.raises(ValueError, match=r"1, 3 or 4 channels.*got 5.*\.tif or \.npy"):
+        write_image(tmp_path / "five.png", five / 65535.0)
+    # a corrupt multi-band TIFF names the file
+    (tmp_path / "bad.tif").write_bytes(tiff_bytes(five)[:200])
+    with pytest.raises(ImageReadError, match=r"bad\.tif"):
+        read_image(tmp_path / "bad.tif", keep_channels=True)
 
 
 def test_four_channel_tiff_round_trip_keeps_file_order(tmp_path: Path) -> None:
@@ -222,7 +227,7 @@ def test_write_npy_round_trip_is_exact_for_any_band_count(tmp_path: Path) -> Non
     write_image(tmp_path / "g.npy", img[:, :, 0].astype(np.float64))
     stored = np.load(tmp_path / "g.npy")
     assert stored.dtype == np.float32 and stored.shape == (9, 8, 1)
-    with pytest.raises(ValueError, match=r"got 5; write a \.npy file"):
+    with pytest.raises(ValueError, match=r"got 5; write a \.tif or \.npy file"):
         write_image(tmp_path / "x.png", img[:, :, :5])
     with pytest.raises(ValueError, match="got 2"):
         write_image(tmp_path / "x.png", img[:, :, :2])

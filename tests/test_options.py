@@ -178,3 +178,18 @@ def test_basicsr_keys_get_migration_hints(tmp_path, hr_folder):
     assert "train.losses" in problems["train.pixel_opt"]
     assert "top level" in problems["network_g.upscale"]
     assert "disk folders" in problems["datasets.train.io_backend"]
+
+
+def test_dataset_channels_must_match_the_network(tmp_path, hr_folder):
+    path = _edit(small_train_yaml(tmp_path, hr_folder), lambda d: d["datasets"]["train"].update(channels=4))
+    problems = _problems(path)
+    assert ("datasets.train.channels", "4, but network_g.num_in_ch is 3") in problems
+    assert ("datasets.train.channels", "4, but network_g.num_out_ch is 3") in problems
+    assert not any(p[0].startswith("datasets.val") for p in problems)
+
+    def four_bands(d: dict) -> None:
+        d["network_g"].update(num_in_ch=4, num_out_ch=4)
+        for ds in d["datasets"].values():
+            ds["channels"] = 4
+
+    assert load_options(_edit(small_train_yaml(tmp_path, hr_folder), four_bands)).network_g["num_in_ch"] == 4

@@ -131,3 +131,19 @@ def test_registered():
     assert LOSS_REGISTRY.get("TVLoss") is TVLoss
     assert METRIC_REGISTRY.get("calculate_sam") is calculate_sam
     assert calculate_sam.higher_is_better is False
+
+
+def test_psnr_and_ssim_over_four_bands():
+    from utils.metrics.psnr_ssim import calculate_psnr, calculate_ssim
+
+    g = torch.Generator().manual_seed(4)
+    gt = torch.rand(1, 4, 16, 16, generator=g, dtype=torch.float64)
+    pred = gt.clone()
+    pred[:, 3] += 0.1  # only the NIR band is off
+    # MSE over all 4 bands = 0.01 / 4 on the [0, 1] scale
+    expected = 10 * math.log10(1.0 / (0.01 / 4))
+    assert float(calculate_psnr(pred, gt, test_y_channel=False)) == pytest.approx(expected, rel=1e-9)
+    # SSIM is the mean of the per-band SSIMs: three perfect bands and one that is not
+    nir = float(calculate_ssim(pred[:, 3:], gt[:, 3:], test_y_channel=False))
+    assert float(calculate_ssim(pred, gt, test_y_channel=False)) == pytest.approx((3 + nir) / 4, rel=1e-9)
+    assert nir < 1.0
