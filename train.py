@@ -66,8 +66,11 @@ def describe(opt: Options) -> str:
     from models.base_model import build_network, count_parameters
 
     lines = [f"# {opt.source}: valid", opt.to_yaml().rstrip()]
-    net = build_network(opt.network_g)
-    lines.append(f"# network_g ({opt.network_g['type']}): {count_parameters(net):,} trainable parameters")
+    for key in [k for k in type(opt).model_fields if k.startswith("network_")]:  # and the runner's own
+        net_opt = getattr(opt, key, None)
+        if net_opt:
+            net = build_network(net_opt)
+            lines.append(f"# {key} ({net_opt['type']}): {count_parameters(net):,} trainable parameters")
     for entry in opt.models:
         if entry.network_g is not None:
             extra = build_network(entry.network_g)
