@@ -18,7 +18,7 @@ from utils.ema import ModelEMA
 from utils.logger import get_logger
 from utils.options import MetricEntry, Options, head_and_kwargs
 from utils.registry import ARCH_REGISTRY, METRIC_REGISTRY, OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
-from utils.weights import load_network
+from utils.weights import load_network, network_metadata
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -119,6 +119,7 @@ class BaseModel(ValidationMixin):
         self.grad_clip: dict[str, float | None] = {}
         self.ema: ModelEMA | None = None
         self.ema_of = "net_g"
+        self.net_options: dict[str, dict[str, Any]] = {}  # network name → its option section
         self.best: dict[str, dict[str, dict[str, float]]] = {}
         self._log_sums: dict[str, torch.Tensor] = {}
         self._log_counts: dict[str, int] = {}
@@ -129,6 +130,7 @@ class BaseModel(ValidationMixin):
     # ------------------------------------------------------------------ building
 
     def build_net(self, net_opt: dict[str, Any], label: str) -> nn.Module:
+        self.net_options[label] = dict(net_opt)
         net = build_network(net_opt).to(self.device, memory_format=self.memory_format)
         self.log.info(f"{label}: {net_opt['type']} with {count_parameters(net):,} trainable parameters")
         return net
@@ -339,6 +341,18 @@ class BaseModel(ValidationMixin):
         if self.ema is not None:
             nets[f"{self.ema_of}_ema"] = self.ema.module
         return nets
+
+    def weight_metadata(self, label: str, iteration: int | str | None = None,
+                        copy: str | None = None) -> dict[str, str]:
+        """What a weight file labelled ``label`` (``net_g``, ``net_g_ema``, ``net_g_swa_final``...)
+        records about its network, so that test.py and upscale.py rebuild it from the file alone."""
+        names = [n for n in self.net_options if label == n or label.startswith(n + "_")]
+        if not names:
+            return {}
+        name = max(names, key=len)
+        if copy is None:
+            copy = label[len(name) + 1:] or "live"
+        return network_metadata(self.net_options[name], self.opt.scale, iteration, copy)
 
     def fingerprint(self) -> list[float]:
         """A cheap per-tensor checksum of the trained networks (to compare DDP replicas)."""

@@ -187,9 +187,11 @@ class TrainingContext:
         return self._loop.propose_best(net, metrics, source)
 
     def save_weights(self, label: str, net: nn.Module, metadata: dict[str, str] | None = None) -> None:
-        """Write ``models/<label>.safetensors`` (rank 0)."""
+        """Write ``models/<label>.safetensors`` (rank 0), with the network's description in its
+        metadata (see :meth:`BaseModel.weight_metadata`) under ``metadata``."""
         if dist.is_main():
-            save_network(net, self._loop.exp / "models" / f"{label}.safetensors", metadata=metadata)
+            meta = {**self._loop.model.weight_metadata(label, self.iteration), **(metadata or {})}
+            save_network(net, self._loop.exp / "models" / f"{label}.safetensors", metadata=meta)
 
     # ----------------------------------------------------------------- logging
 

@@ -28,7 +28,7 @@ def evaluate(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     from data.data_loader import build_val_loader
     from models.base_model import build_network
     from models.sr_model import SRModel
-    from utils.weights import load_network
+    from utils.weights import arch_from_metadata, load_network, read_metadata
 
     opt = load_options(opt_path, overrides)
     problems = []
@@ -54,7 +54,9 @@ def evaluate(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     if opt.path.pretrain_network_g:
         candidates.append((opt.network_g["type"], runner.net_g))
     for entry in opt.models:
-        net = build_network(entry.network_g or opt.network_g).to(device)
+        # the entry's own network_g, else what the weight file records, else the file's network_g
+        net_opt = entry.network_g or arch_from_metadata(read_metadata(entry.path)) or opt.network_g
+        net = build_network(net_opt).to(device)
         report = load_network(net, entry.path, strict=entry.strict_load, param_key=entry.param_key)
         log.info(f"model {entry.name}: loaded {entry.path}: {report.summary()}")
         candidates.append((entry.name, net.eval()))

@@ -161,7 +161,8 @@ class TrainingLoop:
         self.model.best.setdefault(dataset, {})[metric] = {"value": value, "iter": self.ctx.iteration,
                                                           "source": source}
         if dist.is_main():
-            meta = {"iter": str(self.ctx.iteration), "source": source, metric: f"{value:.6f}",
+            meta = {**self.model.weight_metadata("net_g", self.ctx.iteration, source),
+                    "iter": str(self.ctx.iteration), "source": source, metric: f"{value:.6f}",
                     "swa_promoted": str(source == "swa").lower()}
             save_weights(self.exp / "models", "net_g", "best", net, keep_last=10**9, metadata=meta)
         if source not in ("ema", "live"):
@@ -186,7 +187,8 @@ class TrainingLoop:
             return
         keep, protect = self.opt.logger.keep_last, self.protected()
         for label, net in self.model.checkpoint_nets().items():
-            save_weights(self.exp / "models", label, iteration, net, keep, protect)
+            save_weights(self.exp / "models", label, iteration, net, keep, protect,
+                         metadata=self.model.weight_metadata(label, iteration))
         state = {"iter": iteration, "data": self.stream.state(), "model": self.model.state_dict(),
                  "loop": self.state_dict()}
         save_training_state(self.exp / "training_states", iteration, state, keep, protect)

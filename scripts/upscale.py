@@ -3,7 +3,8 @@
     python scripts/upscale.py -i INPUT -o OUTPUT --model FILE [--arch NAME] [--arch-opt key=value ...]
         [--scale N] [--tile N --tile-overlap N] [--tta] [--half] [--device auto|cpu|cuda|mps]
 
-Without ``--arch`` the architecture and its options are inferred from the weights (RRDBNet, EDSR).
+Without ``--arch`` the architecture and its options come from the file's metadata (every weight
+file upforge writes describes its network) or are inferred from the weights (RRDBNet, EDSR).
 A folder input gives a folder output with the same file names as PNG. Output is 8-bit PNG, or
 16-bit when the input file was 16-bit. Alpha is dropped and grayscale becomes RGB for 3-band
 networks. ``--half`` runs in float16 on CUDA / MPS and in bfloat16 on the CPU (CPU float16
@@ -34,7 +35,14 @@ from utils.logger import get_logger, setup_logger  # noqa: E402
 from utils.registry import ARCH_REGISTRY  # noqa: E402
 from utils.tiling import tile_forward  # noqa: E402
 from utils.tta import tta_forward  # noqa: E402
-from utils.weights import infer_arch, load_network, read_weights, unwrap_state_dict  # noqa: E402
+from utils.weights import (  # noqa: E402
+    arch_from_metadata,
+    infer_arch,
+    load_network,
+    read_metadata,
+    read_weights,
+    unwrap_state_dict,
+)
 
 
 def parse_arch_opts(items: Sequence[str]) -> dict:
@@ -61,12 +69,16 @@ def build_model(
     """
     raw = read_weights(model_path)
     sd = unwrap_state_dict(raw, param_key)
-    try:
-        inferred_name, inferred = infer_arch(sd, scale)
-    except ValueError as err:
-        if arch is None:
-            raise ValueError(f"{model_path}: {err}") from err
-        inferred_name, inferred = None, {}
+    described = arch_from_metadata(read_metadata(model_path))  # files upforge wrote describe themselves
+    if described is not None:
+        inferred_name, inferred = described.pop("type"), described
+    else:
+        try:
+            inferred_name, inferred = infer_arch(sd, scale)
+        except ValueError as err:
+            if arch is None:
+                raise ValueError(f"{model_path}: {err}") from err
+            inferred_name, inferred = None, {}
     name = arch or inferred_name
     cls = ARCH_REGISTRY.get(name)
     params = inspect.signature(cls).parameters

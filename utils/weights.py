@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -12,6 +13,48 @@ import torch
 from torch import nn
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+UPFORGE_VERSION = "0.1.0"
+ARCH_KEY = "upforge_arch"  # safetensors metadata: the network's option section as JSON
+
+
+def network_metadata(net_opt: Mapping, scale: int | None = None, iteration: int | str | None = None,
+                     copy: str | None = None) -> dict[str, str]:
+    """The metadata a weight file carries so that it rebuilds its network alone: the option
+    section (``type`` and constructor keywords) as JSON, scale, channel counts, the upforge
+    version, and, from training, the iteration and which copy it is (live, ema, swa, ...)."""
+    meta = {ARCH_KEY: json.dumps(dict(net_opt), sort_keys=True), "upforge_version": UPFORGE_VERSION,
+            "arch": str(net_opt["type"])}
+    for key, value in (("scale", net_opt.get("scale", scale)), ("num_in_ch", net_opt.get("num_in_ch")),
+                       ("num_out_ch", net_opt.get("num_out_ch")), ("iteration", iteration), ("copy", copy)):
+        if value is not None:
+            meta[key] = str(value)
+    return meta
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file ({} for other formats or none)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return dict(f.metadata() or {})
+
+
+def arch_from_metadata(meta: Mapping[str, str]) -> dict | None:
+    """The ``{type: Name, **kwargs}`` section recorded by :func:`network_metadata`, if any."""
+    raw = meta.get(ARCH_KEY)
+    if not raw:
+        return None
+    try:
+        section = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"weights metadata '{ARCH_KEY}' is not valid JSON: {err}") from err
+    if not isinstance(section, dict) or "type" not in section:
+        raise ValueError(f"weights metadata '{ARCH_KEY}' has no arch type: {raw[:200]}")
+    return section
 
 
 def unwrap_model(net: nn.Module) -> nn.Module:
