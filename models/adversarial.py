@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from utils.options import LossEntry, head_and_kwargs
+from utils.options import GANEntry, head_and_kwargs
 from utils.registry import LOSS_REGISTRY
 from utils.schedule import Schedule
 
@@ -46,14 +46,10 @@ class Adversary:
         # The generator's pass runs the bare network (compiled when asked), not the DDP wrapper:
         # its parameters are frozen then, and DDP would wait for gradients that never come.
         self.frozen_net = model.compiled(net, model.opt.compile)
-        head, kwargs = head_and_kwargs(gan, LossEntry)
+        head, kwargs = head_and_kwargs(gan, GANEntry)
         self.loss = LOSS_REGISTRY.get(gan["type"])(**kwargs).to(model.device)
         self.weight = Schedule.parse(head.get("loss_weight", 1.0))
-        self.params = [p for p in net.parameters()]
-
-    @property
-    def net(self) -> nn.Module:
-        return self.model.nets[self.name]
+        self.params = list(net.parameters())
 
     def freeze(self, frozen: bool = True) -> None:
         """Stop (or restart) gradients into the discriminator's parameters."""

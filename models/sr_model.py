@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,20 +12,10 @@ from torch import nn
 from models.base_model import BaseModel, NonFiniteLossError, quantize
 from models.loss_set import LossSet
 from utils.ema import ModelEMA
-from utils.options import Options
-from utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY, Registry
+from utils.options import Options, component_keyword
+from utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
 
 __all__ = ["NonFiniteLossError", "SRModel"]
-
-
-def component_keyword(registry: Registry, section: dict[str, Any], key: str) -> Any:
-    """The value ``key`` takes in a component section: written, else the constructor's default;
-    None when the class has no such keyword."""
-    params = inspect.signature(registry.get(section["type"]).__init__).parameters
-    if key not in params:
-        return None
-    default = params[key].default
-    return section.get(key, None if default is inspect.Parameter.empty else default)
 
 
 @MODEL_REGISTRY.register()

@@ -8,8 +8,8 @@ import torch
 from pydantic import Field
 
 from models.adversarial import Adversary
-from models.sr_model import SRModel, component_keyword
-from utils.options import GAN, NETWORK, OPTIMIZER, SCHEDULER, Options, PathOptions
+from models.sr_model import SRModel
+from utils.options import GAN, NETWORK, OPTIMIZER, SCHEDULER, Options, PathOptions, component_keyword
 from utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from utils.schedule import Schedule
 from utils.steps import Step
@@ -102,9 +102,10 @@ class SRGANModel(SRModel):
             for batch in self.accumulate(batches, "g"):
                 with self.autocast():
                     sr = net(batch["lq"])
-                # A copy for the discriminator: under compile: reduce-overhead the output lives in
-                # CUDA-graph memory that a later graph replay may reuse before the D step reads it.
-                fakes.append(sr.detach().clone())
+                if train_d:
+                    # A copy for the discriminator: under compile: reduce-overhead the output lives in
+                    # CUDA-graph memory that a later graph replay may reuse before the D step reads it.
+                    fakes.append(sr.detach().clone())
                 loss = self.losses({"sr": sr, "gt": batch["gt"], "lq": batch["lq"]}, iteration)
                 if not pretrain:
                     adversarial = self.adversary.generator_loss(sr, batch["gt"], iteration)
@@ -113,10 +114,10 @@ class SRGANModel(SRModel):
                 if loss is not None:
                     self.log_value("generator/total_loss", loss)
                 self.backward(loss, "g", len(batches))
-            self.log_train_metrics(fakes[-1], batch["gt"], iteration)
+            self.log_train_metrics(sr, batch["gt"], iteration)
             self.optimizer_step("g")
         if train_d:
-            if not fakes:  # a discriminator-only step still needs the generator's current outputs
+            if not train_g:  # a discriminator-only step still needs the generator's current outputs
                 with torch.no_grad(), self.autocast():
                     fakes = [net(batch["lq"]).clone() for batch in batches]
             self.adversary.step([batch["gt"] for batch in batches], fakes)

@@ -424,6 +424,16 @@ def signature_params(obj: Any) -> list[str]:
     return [n for n in inspect.signature(func).parameters if n != "self"]
 
 
+def component_keyword(registry: Registry, section: dict[str, Any], key: str) -> Any:
+    """The value ``key`` takes in a component section: written, else the constructor's default;
+    None when the class has no such keyword (for checks that span sections)."""
+    params = inspect.signature(registry.get(section["type"]).__init__).parameters
+    if key not in params:
+        return None
+    default = params[key].default
+    return section.get(key, None if default is inspect.Parameter.empty else default)
+
+
 def _check_signature(
     section: dict[str, Any],
     kwargs: dict[str, Any],
