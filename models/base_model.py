@@ -77,6 +77,14 @@ class BaseModel(ValidationMixin):
                         have = ", ".join(sorted(cls.loss_tensors))
                         problems.append((f"train.losses[{i}]", f"{entry['type']} needs the tensor '{name}', which "
                                          f"{cls.__name__} does not provide (it has {have})"))
+            if t.accumulate_grad_batches > 1 and opt.compile in ("reduce-overhead", "max-autotune"):
+                # seen on an H100 with reduce-overhead, SRModel and SRGANModel alike: a later micro-batch's
+                # CUDA-graph replay overwrites an output still in use and torch stops with a cryptic
+                # error; max-autotune replays CUDA graphs the same way
+                problems.append(("train.accumulate_grad_batches",
+                                 f"{t.accumulate_grad_batches} micro-batches per step do not work with compile: "
+                                 f"{opt.compile} (CUDA graphs); use compile: true or default, or a larger "
+                                 "batch_size_per_gpu instead of accumulation"))
             sched = t.scheduler or {}
             if sched.get("monitor") and sched["monitor"] not in metrics:
                 problems.append(("train.scheduler.monitor", f"'{sched['monitor']}' is not a val.metrics name"))

@@ -193,3 +193,13 @@ def test_dataset_channels_must_match_the_network(tmp_path, hr_folder):
             ds["channels"] = 4
 
     assert load_options(_edit(small_train_yaml(tmp_path, hr_folder), four_bands)).network_g["num_in_ch"] == 4
+
+
+def test_accumulation_with_cuda_graphs_is_refused(tmp_path, hr_folder):
+    path = _edit(small_train_yaml(tmp_path, hr_folder),
+                 lambda d: (d.update(compile="reduce-overhead"), d["train"].update(accumulate_grad_batches=2)))
+    (problem,) = [p for p in _problems(path) if p[0] == "train.accumulate_grad_batches"]
+    assert "compile: reduce-overhead" in problem[1] and "compile: true" in problem[1]
+    path = _edit(small_train_yaml(tmp_path, hr_folder),
+                 lambda d: (d.update(compile=True), d["train"].update(accumulate_grad_batches=2)))
+    assert load_options(path).train.accumulate_grad_batches == 2
