@@ -1,14 +1,18 @@
 """Train a model from an option file.
 
-    python train.py -opt options/train/X.yml [--auto_resume] [-o key.path=value ...] [--check]
+    python train.py -opt options/train/X.yml [--auto_resume] [-o key.path=value ...] [--check] [--debug]
 
 or from Python: ``from train import train; train("options/train/X.yml", overrides=[...])``.
+
+``--debug`` (or a ``name`` starting with ``debug_``, as in BasicSR) tries a file quickly: a few
+iterations that log every step, validate and save a checkpoint, in ``experiments/debug_<name>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import sys
 import time
@@ -16,13 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from utils import dist
 from utils.checkpoint import latest_state, load_training_state
 from utils.cli import run_reporting_errors
+from utils.debug_run import DEBUG_PREFIX, DEBUG_TOTAL_ITER, load_run_options
 from utils.device import select_device
-from utils.logger import TensorBoardWriter, TrainProgress, metrics_table, print_table, setup_logger
-from utils.options import Options, OptionsError, load_options
+from utils.logger import (
+    WANDB_MISSING,
+    LogWriters,
+    TensorBoardWriter,
+    TrainProgress,
+    WandbWriter,
+    metrics_table,
+    print_table,
+    setup_logger,
+    wandb_installed,
+)
+from utils.options import Options, OptionsError
 from utils.registry import MODEL_REGISTRY
 
 
@@ -79,15 +95,28 @@ def describe(opt: Options) -> str:
         for field in ("dataroot_gt", "dataroot_lq"):
             if field in ds and ds[field] and not Path(ds[field]).exists():
                 lines.append(f"# note: datasets.{key}.{field} = {ds[field]} does not exist yet")
+    if opt.logger.wandb is not None and not wandb_installed():
+        # a note, like a missing dataroot: the file may be meant for a machine that has wandb
+        lines.append(f"# note: logger.wandb: {WANDB_MISSING}; training here would stop before it starts")
     return "\n".join(lines)
 
 
-def _prepare_experiment_dir(opt: Options, resuming: bool) -> Path:
+def require_wandb(opt: Options) -> None:
+    """Stop before anything is built (or an old run archived) when W&B is asked for but missing."""
+    if opt.logger.wandb is not None and not wandb_installed():
+        raise OptionsError(opt.source, [("logger.wandb", WANDB_MISSING)])
+
+
+def _prepare_experiment_dir(opt: Options, resuming: bool, replace: bool = False) -> Path:
+    """Create the experiment folder. A previous run there is archived, as BasicSR does; with
+    ``replace`` (debug runs, whose folders are throw-away) it is deleted instead."""
     exp = opt.experiment_dir
     if dist.is_main() and exp.exists() and not resuming and any(exp.iterdir()):
-        # Never overwrite a previous run: move it aside, as BasicSR does.
-        archived = exp.with_name(f"{exp.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
-        exp.rename(archived)
+        if replace:
+            shutil.rmtree(exp)
+        else:
+            archived = exp.with_name(f"{exp.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
+            exp.rename(archived)
     dist.barrier()
     if dist.is_main():
         for sub in ("models", "training_states", "visualization"):
@@ -95,6 +124,9 @@ def _prepare_experiment_dir(opt: Options, resuming: bool) -> Path:
         (exp / "options.yml").write_text(opt.to_yaml(), encoding="utf-8")
     dist.barrier()
     return exp
+
+
+# ------------------------------------------------------------------------------ the run
 
 
 def build_run(opt: Options, device: torch.device) -> tuple[Any, Any, dict[str, Any]]:
@@ -107,17 +139,31 @@ def build_run(opt: Options, device: torch.device) -> tuple[Any, Any, dict[str, A
     return model, stream, val_loaders
 
 
+def open_writers(opt: Options, exp: Path, resuming: bool) -> LogWriters:
+    """Rank 0's TensorBoard and W&B writers behind one object (the other ranks write nothing)."""
+    writers: list[Any] = []
+    if dist.is_main():
+        if opt.logger.wandb is not None:  # first: when W&B cannot start, nothing else is left open
+            config = yaml.safe_load(opt.to_yaml())  # plain values, as options.yml holds them
+            writers.append(WandbWriter(opt.logger.wandb, exp, opt.name, config, resuming))
+        if opt.logger.use_tb_logger:
+            writers.append(TensorBoardWriter(exp / "tb_logger"))
+    return LogWriters(writers)
+
+
 def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), auto_resume: bool = False,
-          check: bool = False) -> dict[str, Any]:
-    """Run training; returns ``{'iter', 'metrics', 'best', 'experiment_dir', ...}``."""
+          check: bool = False, debug: bool = False) -> dict[str, Any]:
+    """Run training; returns ``{'iter', 'metrics', 'best', 'experiment_dir', ...}``. ``debug``: a
+    short debug run (see the module's docstring); a ``debug_`` name is one too."""
     from models.training_loop import TrainingLoop, build_automations
 
-    opt = load_options(opt_path, overrides)
-    if opt.train is None:
-        raise OptionsError(str(opt_path), [("train", "a training option file needs a train: section")])
+    opt, notice = load_run_options(opt_path, overrides, debug)
     if check:
+        if notice:
+            print(f"# {notice}")
         print(describe(opt))
         return {"check": True}
+    require_wandb(opt)
 
     rank, world, local_rank = dist.init_distributed(opt.device)
     device = select_device(opt.device, local_rank)
@@ -126,13 +172,15 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
     if resume_path is None and auto_resume:
         found = latest_state(exp / "training_states")
         resume_path = str(found) if found else None
-    exp = _prepare_experiment_dir(opt, resuming=resume_path is not None)
+    exp = _prepare_experiment_dir(opt, resuming=resume_path is not None, replace=notice is not None)
     log = setup_logger(exp / f"train_{time.strftime('%Y%m%d_%H%M%S')}.log", main=dist.is_main())
     log.info(f"upforge: {opt.name} on {device} (world size {world}), options {opt.source}")
+    if notice:
+        log.info(notice)
 
     model, stream, val_loaders = build_run(opt, device)
-    tb = TensorBoardWriter(exp / "tb_logger" if opt.logger.use_tb_logger and dist.is_main() else None)
-    loop = TrainingLoop(opt, model, stream, val_loaders, build_automations(opt), exp, tb, log)
+    writers = open_writers(opt, exp, resuming=resume_path is not None)
+    loop = TrainingLoop(opt, model, stream, val_loaders, build_automations(opt), exp, writers, log)
     start_iter = 0
     if resume_path is not None:
         state = load_training_state(resume_path)
@@ -157,7 +205,7 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
     finally:
         progress.stop()
         stop.restore()
-        tb.close()
+        writers.close()
     iteration = results["iter"]
     results.update({"metrics": loop.metrics, "best": model.best, "experiment_dir": str(exp)})
     if dist.is_dist():
@@ -185,11 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override an option, e.g. -o datasets.train.batch_size_per_gpu=8 (repeatable)")
     parser.add_argument("--check", action="store_true", help="validate the options, print them and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"try the file: {DEBUG_TOTAL_ITER} iterations that log, validate and save, "
+                        f"in experiments/{DEBUG_PREFIX}<name>")
     args = parser.parse_args(argv)
 
     def run() -> int:
         try:
-            result = train(args.opt, args.override, auto_resume=args.auto_resume, check=args.check)
+            result = train(args.opt, args.override, auto_resume=args.auto_resume, check=args.check,
+                           debug=args.debug)
         finally:
             dist.cleanup()
         return 130 if result.get("interrupted") else 0

@@ -55,6 +55,21 @@ class EDSR(nn.Module):
     bands past the third get mean 0.
     ``residual_output`` adds the nearest-upsampled input outside the network (no parameters),
     so weights trained without it load unchanged. Baseline: 16x64; EDSR-L: 32x256, res_scale 0.1.
+
+    Args:
+        num_in_ch: channels (bands) of the input image.
+        num_out_ch: channels (bands) of the output image.
+        num_feat: feature channels of every conv between the first and the last (64 baseline, 256 EDSR-L).
+        num_block: number of residual blocks in the body (16 baseline, 32 EDSR-L).
+        scale: upscaling factor: 2, 3 or 4 (sub-pixel upsampling).
+        res_scale: factor on each residual block's branch before its skip (1.0 baseline; 0.1 keeps the wide
+            EDSR-L stable).
+        img_range: factor on the mean-shifted input before the first conv, divided out again at the output;
+            255 matches BasicSR's EDSR weights for [0, 1] images.
+        rgb_mean: per-band mean on the [0, 1] scale, subtracted from the input and added back to the output:
+            one value per band, or the 3-value RGB mean (bands past the third then get 0).
+        residual_output: add the nearest-upsampled input to the output (no parameters); needs
+            ``num_in_ch == num_out_ch``.
     """
 
     valid_scales: ClassVar[tuple[int, ...]] = (2, 3, 4)

@@ -52,6 +52,28 @@ class ParagonSR2(nn.Module):
 
     YAML: ``network_g: {type: ParagonSR2, variant: nano}`` (``scale`` comes from the top level);
     ``{type: ParagonSR2, variant: s, fast_body: true}`` for the 1x2-block S.
+
+    Args:
+        num_in_ch: channels (bands) of the input image (≥ 1).
+        num_out_ch: channels (bands) of the output image (≥ 1); when it differs from ``num_in_ch`` the base
+            path maps bands with a fixed matrix.
+        scale: upscaling factor: 2, 3, 4 or 8.
+        variant: preset filling every option left null: ``nano`` or ``s`` (case-insensitive).
+        num_feat: feature channels of the LR detail path (≥ 4); null: the variant's (nano 12, s 48).
+        num_groups: residual groups in the body (≥ 1); null: the variant's (nano 1, s 3).
+        num_blocks: blocks per residual group (≥ 1); null: the variant's (nano 1, s 4).
+        ffn_expansion: hidden-channel ratio of each block's FFN (``int(num_feat * ffn_expansion)`` channels);
+            null: the variant's (nano 1.2, s 2.0).
+        band_kernel_size: length of the token mixer's 1xk and kx1 depthwise convs; a positive odd number;
+            null: the variant's (nano 7, s 11).
+        upsampler_alpha: pre-sharpening strength of the fixed base upsampler, clamped to [0, 1] (0: none);
+            null: the variant's (nano 0.4, s 0.5).
+        detail_gain: factor on the initial weights and bias of the detail path's last conv, so the base
+            dominates early training; null: the variant's (nano 0.05, s 0.1).
+        use_norm: channel RMSNorm after every block; null: the variant's (nano false, s true).
+        use_channel_mod: squeeze-excitation channel gate inside every block's FFN; null: the variant's
+            (nano false, s true).
+        fast_body: halve ``num_groups`` and ``num_blocks`` (at least 1 each) after the variant is applied.
     """
 
     valid_scales: ClassVar[tuple[int, ...]] = (2, 3, 4, 8)

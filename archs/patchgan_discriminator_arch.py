@@ -24,6 +24,14 @@ class PatchGANDiscriminator(nn.Module):
     ``n_layers`` 3, 142 for 4, 286 for 5, 574 for 6. ``use_spectral_norm`` wraps every conv
     (``weight_orig`` in the state dict). ``num_in_ch`` may be anything, e.g. 8 for
     concatenated PBR maps. Layers live in ``model`` (keys ``model.N.*``, as in pix2pix).
+
+    Args:
+        num_in_ch: channels of the images judged (any count, e.g. 8 for concatenated PBR maps).
+        ndf: channels of the first conv; each further conv doubles them, up to 8 x ndf.
+        n_layers: number of stride-2 convs (≥ 1): sets the receptive field (70 px for 3, 142 for 4) and the
+            smallest input side, ``3 * 2**n_layers`` pixels.
+        norm: normalisation after the inner convs: ``batch``, ``instance`` (not affine) or ``none``.
+        use_spectral_norm: wrap every conv in spectral normalisation.
     """
 
     input_sizes: ClassVar[tuple[int, ...]] = (64, 128)

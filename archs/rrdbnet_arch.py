@@ -20,6 +20,14 @@ class RRDBNet(nn.Module):
     input with pixel-unshuffle (factor 2 / 4), as Real-ESRGAN does, so ``conv_first`` sees
     ``num_in_ch * 4`` / ``* 16`` channels. Inputs whose sides do not divide by the unshuffle factor
     are reflect-padded and the output cropped back to ``scale`` x the input size.
+
+    Args:
+        num_in_ch: channels (bands) of the input image.
+        num_out_ch: channels (bands) of the output image.
+        scale: upscaling factor: 1, 2 or 4 (1 and 2 pixel-unshuffle the input by 4 and 2 first).
+        num_feat: feature channels of the trunk and of the upsampling convs (64 in ESRGAN).
+        num_block: number of RRDBs in the trunk (23 in ESRGAN; fewer for a lighter network).
+        num_grow_ch: growth channels: feature maps each conv of a dense block adds (32 in ESRGAN).
     """
 
     valid_scales: ClassVar[tuple[int, ...]] = (1, 2, 4)

@@ -52,6 +52,17 @@ class SRResNet(nn.Module):
     "rcab" (residual channel attention block), "rrdb" (an RRDB with growth ``n_channels // 2``).
     PReLUs have one shared slope, as in SRGAN. The output is linear (no tanh), so targets in
     [0, 1] and N-band reflectances both fit.
+
+    Args:
+        num_in_ch: channels (bands) of the input image.
+        num_out_ch: channels (bands) of the output image.
+        scale: upscaling factor: 2, 4 or 8 (``log2(scale)`` sub-pixel x2 stages).
+        n_channels: feature channels of the head, the body and the upsampler.
+        n_blocks: number of residual blocks in the body.
+        block_type: residual block kind: ``standard``, ``res``, ``rcab`` or ``rrdb`` (see above).
+        large_kernel_size: kernel side of the head and tail convs; a positive odd number.
+        small_kernel_size: kernel side of the body's convs (the blocks, except ``rrdb`` whose convs are
+            3x3, and the conv closing the body); a positive odd number.
     """
 
     valid_scales: ClassVar[tuple[int, ...]] = (2, 4, 8)

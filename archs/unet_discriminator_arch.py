@@ -21,6 +21,11 @@ class UNetDiscriminatorSN(nn.Module):
     encoder when ``skip_connection``), two 3x3 convs ``conv7``, ``conv8`` and ``conv9`` → 1.
     LeakyReLU 0.2. ``conv1..conv8`` are spectrally normalised (``weight_orig`` / ``weight_u`` /
     ``weight_v`` in the state dict, as in Real-ESRGAN's checkpoints). H and W must divide by 8.
+
+    Args:
+        num_in_ch: channels of the images judged.
+        num_feat: channels F of the first conv; the encoder widens them to 2F, 4F and 8F.
+        skip_connection: add the encoder's features to the decoder's at each resolution (the U-Net skips).
     """
 
     input_sizes: ClassVar[tuple[int, ...]] = (64, 128)

@@ -22,6 +22,12 @@ class VGGStyleDiscriminator(nn.Module):
     then ``linear1`` (→100) and ``linear2`` (→1). Features: F, 2F, 4F, 8F, 8F (, 8F).
     ``input_size`` 128 uses five stages; 192 and 256 add ``conv5_*`` as in the original
     ESRGAN 192/256 discriminators. The input must be exactly ``input_size`` square.
+
+    Args:
+        num_in_ch: channels of the images judged.
+        num_feat: channels F of the first stage; the later stages have 2F, 4F, 8F, 8F (, 8F).
+        input_size: side in pixels of the square input, which must match it exactly: 128 (five stages), 192 or
+            256 (six stages).
     """
 
     # Sizes the default configuration accepts; 192 and 256 need ``input_size`` set to match.

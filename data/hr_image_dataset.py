@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from data.degradations import DropoutOptions, JpegOptions
-from data.image_io import list_images, to_float
+from data.image_io import to_float
 from data.imresize import imresize
+from data.lmdb_backend import IoBackend
 from data.paired_image_dataset import SRImageDatasetBase, center_crop_pair
 from data.transforms import augment, mod_crop, random_crop
 from utils.registry import DATASET_REGISTRY
@@ -24,8 +25,40 @@ class HRImageDataset(SRImageDatasetBase):
     Validation/test: the whole image mod-cropped to a multiple of ``scale`` (or its
     ``center_crop``), then downscaled.
     ``lq_path`` is the gt file's path (there is no LR file). ``dataroot_gt`` may be a folder or
-    a stack file (4-D ``.npy``). Shared options (``channels``, ``value_scale``, ``indices``, ...):
+    a stack file (4-D ``.npy``), or with ``io_backend: {type: lmdb}`` a BasicSR LMDB folder
+    (``*.lmdb``). Shared options (``channels``, ``value_scale``, ``indices``, ...):
     see datasets/README.md.
+
+    Args:
+        dataroot_gt: ground-truth (HR) images: a folder, a 4-D ``.npy`` stack file, or with
+            ``io_backend: {type: lmdb}`` a BasicSR ``*.lmdb`` folder.
+        scale: upscaling factor (a positive int): gt sides are ``scale`` x the lq's.
+        phase: ``train`` (random patches, flips and lq degradations) or ``val`` / ``test`` (whole images, or
+            their ``center_crop``).
+        gt_size: side in pixels of the square training gt patch, a positive multiple of ``scale`` (the lq
+            patch is ``gt_size / scale``); required for training, unused otherwise; may be a schedule.
+        use_hflip: training: random horizontal flips.
+        use_rot: training: random vertical flips and transposes (with ``use_hflip``: all 8 rotations and
+            flips).
+        aug_prob: probability of each enabled flip or transpose, in [0, 1] (0.5: every variant equally
+            often); may be a schedule.
+        meta_info_file: text file listing the gt images to use, one per line (path relative to
+            ``dataroot_gt`` or file name; anything after the first space is ignored); null: every image.
+        channels: channel count of every sample (and of the network's input and output); with 3, gray is
+            repeated to RGB and an RGBA file's alpha dropped; any other mismatch is an error.
+        value_scale: divisor of the stored values instead of the type's (255 for uint8, 65535 for uint16,
+            float as stored), e.g. 10000 for Sentinel-2 reflectance; the samples are then float32.
+        indices: keep only the images at these positions of the sorted list (stacks expanded into their
+            items; applied before ``meta_info_file``), e.g. ``[0, 1, 2, 3]``.
+        center_crop: validation/test only: cut each gt to its centre ``center_crop`` square (a multiple of
+            ``scale``) before the lq is made from it.
+        lq_jpeg: training only: ``{prob, quality: [lo, hi]}``: with probability ``prob``, JPEG-compress the
+            lq patch at a quality drawn from [lo, hi] (1-100); for ``channels`` 1 or 3.
+        lq_dropout: training only: ``{prob, holes: [min, max], size: [min, max], fill}``: with probability
+            ``prob``, fill that many square holes of that side (lq pixels) with ``fill`` (on the [0, 1]
+            scale, default 0).
+        io_backend: ``{type: disk}`` (image folders and stack files, the default) or ``{type: lmdb}``
+            (BasicSR LMDB folders; needs the lmdb package).
     """
 
     def __init__(
@@ -44,11 +77,13 @@ class HRImageDataset(SRImageDatasetBase):
         center_crop: int | None = None,
         lq_jpeg: JpegOptions | None = None,
         lq_dropout: DropoutOptions | None = None,
+        io_backend: IoBackend | None = None,
     ) -> None:
         super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob, channels=channels,
-                         value_scale=value_scale, center_crop=center_crop, lq_jpeg=lq_jpeg, lq_dropout=lq_dropout)
+                         value_scale=value_scale, center_crop=center_crop, lq_jpeg=lq_jpeg, lq_dropout=lq_dropout,
+                         io_backend=io_backend)
         self.dataroot_gt = dataroot_gt
-        self.gt_paths = list_images(dataroot_gt)
+        self.gt_paths = self._list(dataroot_gt, "dataroot_gt")
         self._keep_indices(indices)
         self._filter_meta_info(meta_info_file)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,16 @@ import torch
 from torch.utils.data import Dataset
 
 from data.degradations import DropoutOptions, JpegOptions, check_dropout, check_jpeg, random_lq_degradations
-from data.image_io import ImageReadError, fit_channels, img2tensor, list_images, read_image, tensor_to_float
+from data.image_io import (
+    ImageReadError,
+    fit_channels,
+    img2tensor,
+    list_images,
+    read_image,
+    scale_values,
+    tensor_to_float,
+)
+from data.lmdb_backend import IoBackend, LmdbReader, backend_type, key_of
 from data.transforms import augment, mod_crop, paired_random_crop
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Schedule, Scheduled, as_schedule, integer_schedule
@@ -34,6 +44,9 @@ class SRImageDatasetBase(Dataset):
     In training, crops, flips and degradations come from a per-sample seed: the one given with the
     index (``dataset[(index, seed)]``, as ``ResumableSampler`` yields) or else one drawn from
     torch's RNG.
+    ``io_backend`` ``{type: lmdb}`` reads BasicSR LMDB folders instead of image folders: subclasses
+    list a dataroot with :meth:`_list`, whose "paths" are then ``<root>.lmdb/<name>`` for the
+    names its ``meta_info.txt`` lists, and :meth:`read` reads them from the LMDB.
     """
 
     #: options that may change during a run (a schedule in the option file, or an automation)
@@ -42,8 +55,11 @@ class SRImageDatasetBase(Dataset):
     def __init__(self, scale: int, phase: str, gt_size: Any, use_hflip: bool, use_rot: bool,
                  aug_prob: Any = 0.5, *, channels: int = 3, value_scale: float | None = None,
                  center_crop: int | None = None, lq_jpeg: JpegOptions | None = None,
-                 lq_dropout: DropoutOptions | None = None) -> None:
+                 lq_dropout: DropoutOptions | None = None, io_backend: IoBackend | None = None) -> None:
         name = type(self).__name__
+        self.io_backend = backend_type(io_backend, name)
+        # dataroot → its reader (lmdb only); each reader opens the LMDB per process, on first read
+        self._lmdb: dict[Path, LmdbReader] = {}
         if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
             raise ValueError(f"{name}: scale must be a positive integer, got {scale!r}")
         if phase not in PHASES:
@@ -115,10 +131,38 @@ class SRImageDatasetBase(Dataset):
         if hasattr(self, "lq_paths"):
             self.lq_paths = [self.lq_paths[i] for i in keep]
 
+    def _list(self, root: str, option: str) -> list[Path]:
+        """The images of the dataroot ``root`` (the option ``option``): the files of a folder or
+        the items of a stack (disk), or the images an LMDB's meta_info.txt lists (lmdb), as
+        ``<root>.lmdb/<name>`` sorted like a folder listing, so ``indices`` and the pairing
+        mean the same for an LMDB made from a folder as for the folder."""
+        if self.io_backend == "disk":
+            return list_images(root)
+        reader = LmdbReader(root, f"{type(self).__name__}: {option}")
+        self._lmdb[reader.root] = reader
+        return sorted(map(reader.path_of, reader.keys()))
+
+    def _lmdb_key(self, path: Path) -> tuple[LmdbReader, str]:
+        """The reader and key of an LMDB image path made by :meth:`_list`."""
+        for root, reader in self._lmdb.items():
+            if path.is_relative_to(root):
+                return reader, key_of(path.relative_to(root).as_posix())
+        raise ImageReadError(path, f"not inside any LMDB of this dataset ({', '.join(map(str, self._lmdb))})")
+
+    def stem(self, path: Path) -> str:
+        """The name that pairs gt with lq: the file stem, or the key of an LMDB image."""
+        return self._lmdb_key(path)[1] if self._lmdb else path.stem
+
     def read(self, path: Path) -> np.ndarray:
         """An image in its stored dtype (or float32 with ``value_scale``) with ``channels``
         channels; a wrong channel count is a :class:`~data.image_io.ChannelCountError`."""
-        img = read_image(path, keep_channels=True, as_float=False, value_scale=self.value_scale)
+        if self._lmdb:
+            reader, key = self._lmdb_key(path)
+            img = reader.read(key)
+            if self.value_scale is not None:
+                img = scale_values(img, self.value_scale)
+        else:
+            img = read_image(path, keep_channels=True, as_float=False, value_scale=self.value_scale)
         return fit_channels(img, self.channels, path)
 
     def _schedule(self, option: str, sched: Schedule) -> Any:
@@ -153,6 +197,8 @@ class SRImageDatasetBase(Dataset):
         names = [line.split(" ")[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         by_rel = {p.relative_to(self.dataroot_gt).as_posix(): i for i, p in enumerate(self.gt_paths)}
         by_name = {p.name: i for i, p in enumerate(self.gt_paths)}
+        if self._lmdb:  # an LMDB image may also be listed by its bare key (unique, unlike folder stems)
+            by_name.update({self.stem(p): i for i, p in enumerate(self.gt_paths)})
         missing = [n for n in names if n not in by_rel and n not in by_name]
         if missing:
             raise FileNotFoundError(
@@ -258,16 +304,22 @@ def pair_by_position(gt_paths: list[Path], lq_paths: list[Path], gt_root: str, l
 
 
 def match_lq_files(
-    gt_paths: list[Path], lq_paths: list[Path], filename_tmpl: str, scale: int, lq_root: str | Path
+    gt_paths: list[Path],
+    lq_paths: list[Path],
+    filename_tmpl: str,
+    scale: int,
+    lq_root: str | Path,
+    stem: Callable[[Path], str] = lambda p: p.stem,
 ) -> list[Path]:
-    """For every gt file, the lq file named ``filename_tmpl.format(stem)`` or ``<stem>x<scale>``."""
+    """For every gt file, the lq file named ``filename_tmpl.format(stem)`` or ``<stem>x<scale>``;
+    ``stem`` names a path (an LMDB image goes by its key)."""
     by_stem: dict[str, list[Path]] = {}
     for p in lq_paths:
-        by_stem.setdefault(p.stem, []).append(p)
+        by_stem.setdefault(stem(p), []).append(p)
     matched: list[Path] = []
     missing: list[str] = []
     for gt in gt_paths:
-        candidates = dict.fromkeys([filename_tmpl.format(gt.stem), f"{gt.stem}x{scale}"])
+        candidates = dict.fromkeys([filename_tmpl.format(stem(gt)), f"{stem(gt)}x{scale}"])
         found = [p for c in candidates for p in by_stem.get(c, [])]
         if not found:
             missing.append(gt.name)
@@ -293,7 +345,45 @@ class PairedImageDataset(SRImageDatasetBase):
     Training: a random scale-aligned ``gt_size`` patch plus flips/rotations, then the lq-only
     ``lq_jpeg`` / ``lq_dropout``. Validation/test: whole images, gt mod-cropped to exactly
     ``scale`` x lq, or their aligned ``center_crop``.
+    With ``io_backend: {type: lmdb}`` both dataroots are BasicSR LMDB folders (``*.lmdb``); a gt
+    key pairs with the lq key ``filename_tmpl.format(key)`` (the same key by default) or
+    ``<key>x<scale>``, and every gt key needs one.
     Shared options (``channels``, ``value_scale``, ``indices``, ...): see datasets/README.md.
+
+    Args:
+        dataroot_gt: ground-truth (HR) images: a folder, a 4-D ``.npy`` stack file, or with
+            ``io_backend: {type: lmdb}`` a BasicSR ``*.lmdb`` folder.
+        dataroot_lq: low-quality (LR) images, ``scale`` times smaller than their gt; the same kinds as
+            ``dataroot_gt``.
+        scale: upscaling factor (a positive int): gt sides are ``scale`` x the lq's.
+        phase: ``train`` (random patches, flips and lq degradations) or ``val`` / ``test`` (whole images, or
+            their ``center_crop``).
+        gt_size: side in pixels of the square training gt patch, a positive multiple of ``scale`` (the lq
+            patch is ``gt_size / scale``); required for training, unused otherwise; may be a schedule.
+        use_hflip: training: random horizontal flips.
+        use_rot: training: random vertical flips and transposes (with ``use_hflip``: all 8 rotations and
+            flips).
+        aug_prob: probability of each enabled flip or transpose, in [0, 1] (0.5: every variant equally
+            often); may be a schedule.
+        filename_tmpl: name of a gt stem's lq file, ``{}`` standing for the stem (e.g. ``{}_x4``);
+            ``<stem>x<scale>`` is accepted as well.
+        meta_info_file: text file listing the gt images to use, one per line (path relative to
+            ``dataroot_gt`` or file name; anything after the first space is ignored); null: every image.
+        channels: channel count of every sample (and of the network's input and output); with 3, gray is
+            repeated to RGB and an RGBA file's alpha dropped; any other mismatch is an error.
+        value_scale: divisor of the stored values instead of the type's (255 for uint8, 65535 for uint16,
+            float as stored), e.g. 10000 for Sentinel-2 reflectance; the samples are then float32.
+        indices: keep only the images at these positions of the sorted list (stacks expanded into their
+            items; applied before ``meta_info_file``), e.g. ``[0, 1, 2, 3]``.
+        center_crop: validation/test only: cut each gt to its centre ``center_crop`` square (a multiple of
+            ``scale``) and the lq to the aligned ``center_crop / scale`` square.
+        lq_jpeg: training only: ``{prob, quality: [lo, hi]}``: with probability ``prob``, JPEG-compress the
+            lq patch at a quality drawn from [lo, hi] (1-100); for ``channels`` 1 or 3.
+        lq_dropout: training only: ``{prob, holes: [min, max], size: [min, max], fill}``: with probability
+            ``prob``, fill that many square holes of that side (lq pixels) with ``fill`` (on the [0, 1]
+            scale, default 0).
+        io_backend: ``{type: disk}`` (image folders and stack files, the default) or ``{type: lmdb}``
+            (BasicSR LMDB folders; needs the lmdb package).
     """
 
     def __init__(
@@ -314,20 +404,22 @@ class PairedImageDataset(SRImageDatasetBase):
         center_crop: int | None = None,
         lq_jpeg: JpegOptions | None = None,
         lq_dropout: DropoutOptions | None = None,
+        io_backend: IoBackend | None = None,
     ) -> None:
         super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob, channels=channels,
-                         value_scale=value_scale, center_crop=center_crop, lq_jpeg=lq_jpeg, lq_dropout=lq_dropout)
+                         value_scale=value_scale, center_crop=center_crop, lq_jpeg=lq_jpeg, lq_dropout=lq_dropout,
+                         io_backend=io_backend)
         if "{}" not in filename_tmpl:
             raise ValueError(f"PairedImageDataset: filename_tmpl {filename_tmpl!r} must contain '{{}}'")
         self.dataroot_gt = dataroot_gt
         self.dataroot_lq = dataroot_lq
         self.filename_tmpl = filename_tmpl
-        self.gt_paths = list_images(dataroot_gt)
-        lq_paths = list_images(dataroot_lq)
-        if _is_npy_file(dataroot_gt) and _is_npy_file(dataroot_lq):
+        self.gt_paths = self._list(dataroot_gt, "dataroot_gt")
+        lq_paths = self._list(dataroot_lq, "dataroot_lq")
+        if self.io_backend == "disk" and _is_npy_file(dataroot_gt) and _is_npy_file(dataroot_lq):
             self.lq_paths = pair_by_position(self.gt_paths, lq_paths, dataroot_gt, dataroot_lq)
         else:
-            self.lq_paths = match_lq_files(self.gt_paths, lq_paths, filename_tmpl, scale, dataroot_lq)
+            self.lq_paths = match_lq_files(self.gt_paths, lq_paths, filename_tmpl, scale, dataroot_lq, self.stem)
         self._keep_indices(indices)
         self._filter_meta_info(meta_info_file)
 

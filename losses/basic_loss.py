@@ -60,7 +60,14 @@ class _PixelLoss(nn.Module):
 
 @LOSS_REGISTRY.register()
 class L1Loss(_PixelLoss):
-    """Mean absolute error |pred - target|."""
+    """Mean absolute error |pred - target|.
+
+    Args:
+        reduction: how the per-element loss is reduced: ``mean``, ``sum`` or ``none`` (the element map).
+        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
+        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
+            ``full`` (Y in [0, 1]).
+    """
 
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
         return (pred - target).abs()
@@ -68,7 +75,14 @@ class L1Loss(_PixelLoss):
 
 @LOSS_REGISTRY.register()
 class MSELoss(_PixelLoss):
-    """Mean squared error (pred - target)^2."""
+    """Mean squared error (pred - target)^2.
+
+    Args:
+        reduction: how the per-element loss is reduced: ``mean``, ``sum`` or ``none`` (the element map).
+        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
+        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
+            ``full`` (Y in [0, 1]).
+    """
 
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
         return (pred - target).pow(2)
@@ -79,6 +93,14 @@ class CharbonnierLoss(_PixelLoss):
     """Charbonnier loss sqrt((pred - target)^2 + eps), eps inside the root (BasicSR's form).
 
     The default eps = 1e-12 makes it a smooth L1 that stays differentiable at zero.
+
+    Args:
+        eps: constant added to the squared difference inside the root (> 0); the loss at zero error is
+            ``sqrt(eps)`` and larger values smooth the L1 kink more.
+        reduction: how the per-element loss is reduced: ``mean``, ``sum`` or ``none`` (the element map).
+        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
+        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
+            ``full`` (Y in [0, 1]).
     """
 
     def __init__(
@@ -104,6 +126,12 @@ class GradientLoss(_PixelLoss):
     kernels scaled by 1/8 and replicate padding, so ``reduction="none"`` keeps the input
     shape. Comparing signed components keeps edge direction, which a magnitude loss ignores.
     Input must be NCHW.
+
+    Args:
+        reduction: how the per-element loss is reduced: ``mean``, ``sum`` or ``none`` (the element map).
+        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
+        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
+            ``full`` (Y in [0, 1]).
     """
 
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:

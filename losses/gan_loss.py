@@ -42,7 +42,16 @@ def _bce(logits: Tensor, target: float) -> Tensor:
 
 @LOSS_REGISTRY.register()
 class GANLoss(nn.Module):
-    """The adversarial objective of ``gan_type`` for both players (see the module docstring)."""
+    """The adversarial objective of ``gan_type`` for both players (see the module docstring).
+
+    Args:
+        gan_type: formulation: ``vanilla`` (BCE on logits), ``lsgan`` (least squares), ``hinge`` or ``ragan``
+            (ESRGAN's relativistic average GAN).
+        real_label: the discriminator's target for real images, in [0, 1] and above ``fake_label`` (0.9 is
+            one-sided label smoothing); the generator's target stays 1. ``hinge`` has no labels: leave it at 1.
+        fake_label: the discriminator's target for generated images, in [0, 1]; the generator's stays 0.
+            ``hinge`` has no labels: leave it at 0.
+    """
 
     def __init__(self, gan_type: Literal["vanilla", "lsgan", "hinge", "ragan"] = "vanilla",
                  real_label: float = 1.0, fake_label: float = 0.0) -> None:

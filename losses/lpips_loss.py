@@ -38,6 +38,16 @@ class LPIPSLoss(nn.Module):
     three. ``pretrained``/``weights_path`` concern the backbone's torchvision ImageNet file
     (``alexnet-owt-7be5be79.pth`` or ``vgg16-397923af.pth``); with ``pretrained: false`` the backbone
     is random (tests only) while the calibration layers stay as shipped. Frozen, always in eval mode.
+
+    Args:
+        net: backbone: ``alex`` (AlexNet, the usual LPIPS) or ``vgg`` (VGG16).
+        pretrained: load the backbone's torchvision ImageNet weights (hub cache or download); false leaves
+            it random (tests only). Ignored when ``weights_path`` is set.
+        weights_path: local ``.pth``/``.pt``/``.safetensors`` file with the backbone's weights (torchvision's
+            file or the backbone's own state dict); wins over ``pretrained``.
+        bands: three distinct channel indices fed to the network as R, G, B, needed for inputs that do not
+            have exactly 3 channels; null: the input must be RGB.
+        range_norm: the inputs are in [-1, 1] rather than [0, 1].
     """
 
     def __init__(

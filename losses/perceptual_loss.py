@@ -177,6 +177,21 @@ class PerceptualLoss(nn.Module):
     gt features carry no gradient. Under ``amp: bf16 | fp16`` the VGG runs in that precision
     (``amp_ok``: the runner calls it inside autocast), which is most of the loss's cost; the
     feature distances are always computed in float32.
+
+    Args:
+        layer_weights: VGG layer name → weight (≥ 0, at least one > 0), e.g. ``{conv2_2: 0.1, conv5_4: 1.0}``;
+            null: ``{conv5_4: 1.0}`` (ESRGAN's).
+        vgg_type: VGG depth: ``vgg11``, ``vgg13``, ``vgg16`` or ``vgg19``; the valid layer names depend on it.
+        criterion: feature distance: ``l1`` (mean absolute) or ``l2`` / ``mse`` (mean squared).
+        use_input_norm: normalise the inputs with the ImageNet mean and std before the VGG (as it was trained).
+        range_norm: the inputs are in [-1, 1] and are mapped to [0, 1] first.
+        normalize_weights: divide the weighted sum by the sum of the layer weights.
+        bands: three distinct channel indices fed to the VGG as R, G, B, needed for inputs that do not have
+            exactly 3 channels; null: the input must be RGB.
+        pretrained: load torchvision's ImageNet VGG weights (hub cache or download); false leaves the VGG
+            random (tests only). Ignored when ``weights_path`` is set.
+        weights_path: local ``.pth``/``.pt``/``.safetensors`` file with the VGG weights (torchvision's file
+            or the extractor's own state dict); wins over ``pretrained``.
     """
 
     amp_ok = True

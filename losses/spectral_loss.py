@@ -35,6 +35,10 @@ class SAMLoss(nn.Module):
     """Mean spectral angle (radians) over all pixels of the batch; NCHW input with C >= 2.
 
     Half-precision input is computed in float32 (float64 stays float64).
+
+    Args:
+        eps: added to each channel vector's norm before the cosine (> 0), so zero vectors stay finite: a zero
+            vector against a non-zero one gives π/2.
     """
 
     def __init__(self, eps: float = 1e-8) -> None:

@@ -18,10 +18,11 @@ not run the variance terms (E[x^2] - E[x]^2, prone to cancellation) in half prec
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
-from pytorch_msssim import ms_ssim, ssim
-from pytorch_msssim.ssim import _ssim
 from torch import Tensor, nn
 
 from utils.color import check_y_range, rgb_to_y
@@ -51,6 +52,15 @@ def gaussian_window(win_size: int, win_sigma: float, channels: int) -> Tensor:
     g = torch.exp(-(r**2) / (2.0 * win_sigma**2))
     g = (g / g.sum()).to(torch.float32)
     return g.view(1, 1, 1, win_size).repeat(channels, 1, 1, 1)
+
+
+def _msssim_module() -> ModuleType:
+    """``pytorch_msssim.ssim`` (ssim, ms_ssim, _ssim): an optional extra, imported when a loss is built."""
+    try:
+        return importlib.import_module("pytorch_msssim.ssim")
+    except ImportError as err:
+        raise ImportError("SSIMLoss and MSSSIMLoss need the pytorch-msssim package: pip install pytorch-msssim "
+                          "(or pip install upforge[msssim])") from err
 
 
 def _check_window(name: str, win_size: int, win_sigma: float, data_range: float) -> None:
@@ -84,6 +94,7 @@ class _StructuralLoss(nn.Module):
         self.data_range = float(data_range)
         self.y_only = y_only
         self.y_range = y_range
+        _msssim_module()  # fail at build time, not at the first step, when the package is missing
 
     def _prepare(self, sr: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
         name = type(self).__name__
@@ -116,7 +127,17 @@ class _StructuralLoss(nn.Module):
 
 @LOSS_REGISTRY.register()
 class SSIMLoss(_StructuralLoss):
-    """1 - SSIM(sr, gt), SSIM averaged over batch and channels (pytorch_msssim.ssim)."""
+    """1 - SSIM(sr, gt), SSIM averaged over batch and channels (pytorch_msssim.ssim).
+
+    Args:
+        win_size: side in pixels of the Gaussian window, an odd int ≥ 3; patches must be at least that large.
+        win_sigma: standard deviation of the Gaussian window in pixels (> 0).
+        data_range: value range of the inputs (1.0 for [0, 1] images; > 0); sets SSIM's stabilising constants
+            C1 = (0.01 * data_range)^2 and C2 = (0.03 * data_range)^2.
+        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
+        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
+            ``full`` (Y in [0, 1]).
+    """
 
     def similarity(self, sr: Tensor, gt: Tensor) -> Tensor:
         h, w = sr.shape[-2:]
@@ -127,7 +148,7 @@ class SSIMLoss(_StructuralLoss):
                 "raise gt_size or lower win_size"
             )
         win = gaussian_window(self.win_size, self.win_sigma, sr.shape[1])
-        return ssim(sr, gt, data_range=self.data_range, size_average=True, win=win)
+        return _msssim_module().ssim(sr, gt, data_range=self.data_range, size_average=True, win=win)
 
 
 @LOSS_REGISTRY.register()
@@ -137,6 +158,18 @@ class MSSSIMLoss(_StructuralLoss):
     ``weights`` are the per-scale exponents, finest scale first, used as given (not
     renormalised). Fewer weights mean fewer scales and a smaller minimum patch size, see
     :func:`ms_ssim_min_side`.
+
+    Args:
+        win_size: side in pixels of the Gaussian window, an odd int ≥ 3; the smaller patch side must exceed
+            ``(win_size - 1) * 2**(scales - 1)``.
+        win_sigma: standard deviation of the Gaussian window in pixels (> 0).
+        data_range: value range of the inputs (1.0 for [0, 1] images; > 0); sets SSIM's stabilising constants
+            C1 = (0.01 * data_range)^2 and C2 = (0.03 * data_range)^2.
+        weights: per-scale exponents (≥ 0), finest scale first, used as given; their count is the number of
+            scales; null: pytorch-msssim's 5 weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333).
+        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
+        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
+            ``full`` (Y in [0, 1]).
     """
 
     def __init__(
@@ -162,7 +195,8 @@ class MSSSIMLoss(_StructuralLoss):
         win = gaussian_window(self.win_size, self.win_sigma, sr.shape[1])
         if min(h, w) > (self.win_size - 1) * 2**4:
             # pytorch-msssim asserts this 5-scale size whatever len(weights) is; when it holds, use it as is.
-            return ms_ssim(sr, gt, data_range=self.data_range, size_average=True, win=win, weights=self.weights)
+            return _msssim_module().ms_ssim(sr, gt, data_range=self.data_range, size_average=True, win=win,
+                                            weights=self.weights)
         return self._few_scale_ms_ssim(sr, gt, win)
 
     def _few_scale_ms_ssim(self, x: Tensor, y: Tensor, win: Tensor) -> Tensor:
@@ -174,7 +208,7 @@ class MSSSIMLoss(_StructuralLoss):
         levels = len(self.weights)
         mcs = []
         for i in range(levels):
-            ssim_per_channel, cs = _ssim(x, y, data_range=self.data_range, win=win, size_average=False)
+            ssim_per_channel, cs = _msssim_module()._ssim(x, y, data_range=self.data_range, win=win, size_average=False)
             if i < levels - 1:
                 mcs.append(torch.relu(cs))
                 padding = [s % 2 for s in x.shape[2:]]

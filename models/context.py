@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -121,6 +123,15 @@ class TrainingContext:
     def train_files(self) -> list[str]:
         """The training set's image files (for measuring the data)."""
         return [str(p) for p in getattr(self._loop.stream.loader.dataset, "gt_paths", [])]
+
+    def read_train_image(self, path: str) -> np.ndarray:
+        """One training image as the dataset reads it (folders, LMDB keys, stacks alike)."""
+        dataset = self._loop.stream.loader.dataset
+        if hasattr(dataset, "read"):
+            return dataset.read(Path(path))
+        from data.image_io import read_image
+
+        return read_image(path, keep_channels=True, as_float=False)
 
     def trial_step(self, batch_size: int) -> None:
         """One real training step on ``batch_size`` training samples, then every weight, optimiser

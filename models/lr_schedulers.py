@@ -91,7 +91,15 @@ class _ClosedFormLR(LRScheduler):
 
 @SCHEDULER_REGISTRY.register()
 class MultiStepLR(_ClosedFormLR):
-    """Multiply the LR by ``gamma`` at each milestone."""
+    """Multiply the LR by ``gamma`` at each milestone.
+
+    Args:
+        optimizer: the optimiser whose LR is scheduled; passed by the trainer.
+        milestones: iterations (e.g. ``[200000, 0.75T]``) at each of which the LR is multiplied by ``gamma``.
+        gamma: factor applied to the LR at each milestone (0.5 halves it).
+        warmup_iter: iterations of linear warm-up from ``warmup_start_factor`` x the LR up to the LR; 0: none.
+        warmup_start_factor: share of the LR at iteration 0 of the warm-up, in [0, 1].
+    """
 
     def __init__(
         self,
@@ -111,7 +119,16 @@ class MultiStepLR(_ClosedFormLR):
 
 @SCHEDULER_REGISTRY.register()
 class CosineAnnealingLR(_ClosedFormLR):
-    """Linear warm-up, then a half cosine from the base LR down to ``eta_min`` at ``total_iter``."""
+    """Linear warm-up, then a half cosine from the base LR down to ``eta_min`` at ``total_iter``.
+
+    Args:
+        optimizer: the optimiser whose LR is scheduled; passed by the trainer.
+        total_iter: iteration at which the cosine reaches ``eta_min`` (the LR stays there after it).
+        eta_min: final LR, an absolute floor shared by every parameter group (never above a group's own LR).
+        warmup_iter: iterations of linear warm-up from ``warmup_start_factor`` x the LR up to the LR (below
+            ``total_iter``); 0: none.
+        warmup_start_factor: share of the LR at iteration 0 of the warm-up, in [0, 1].
+    """
 
     def __init__(
         self,
@@ -161,6 +178,21 @@ class ReduceLROnPlateau(_ClosedFormLR):
 
     ``patience`` and ``cooldown`` count iterations, not validations, so they do not change meaning when
     ``val.val_freq`` does. The scheduler logs nothing; the runner can log when ``reductions`` changes.
+
+    Args:
+        optimizer: the optimiser whose LR is scheduled; passed by the trainer.
+        monitor: the ``val.metrics`` name whose score on the first validation set is watched; null: the
+            first metric.
+        factor: multiplier of the LR at each reduction, in (0, 1).
+        patience: iterations (not validations) without an improvement before the LR is reduced (≥ 1).
+        threshold: margin an improvement must exceed (≥ 0): relative (``threshold * |best|``) or absolute,
+            by ``threshold_mode``.
+        threshold_mode: ``rel`` (the margin scales with the best value) or ``abs`` (a fixed margin).
+        cooldown: iterations after a reduction during which no further reduction happens.
+        min_lr: absolute LR floor per group (never above a group's own initial LR); at the floor no reduction
+            is counted.
+        warmup_iter: iterations of linear warm-up from ``warmup_start_factor`` x the LR up to the LR; 0: none.
+        warmup_start_factor: share of the LR at iteration 0 of the warm-up, in [0, 1].
     """
 
     watches_metric = True  # the option check requires val.metrics for it

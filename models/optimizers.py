@@ -33,7 +33,17 @@ def Adam(  # noqa: N802 - the registry name users write
     weight_decay: float = 0.0,
     fused: bool | None = None,
 ) -> torch.optim.Optimizer:
-    """Adam; ``fused`` defaults to the fused CUDA kernel when every parameter is on CUDA."""
+    """Adam; ``fused`` defaults to the fused CUDA kernel when every parameter is on CUDA.
+
+    Args:
+        params: parameters (or parameter groups) to optimise; passed by the trainer.
+        lr: base learning rate, which the scheduler (and any LR automation) scales per step.
+        betas: decay rates of the running means of the gradient and of its square.
+        eps: term added to the denominator for numerical stability.
+        weight_decay: L2 penalty: ``weight_decay * param`` is added to the gradient (coupled, unlike AdamW).
+        fused: ``true``: torch's fused CUDA kernel (every parameter must be on CUDA); ``false``: the
+            ``foreach`` implementation; null: fused when every parameter is on CUDA.
+    """
     return _build(torch.optim.Adam, params, fused, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
@@ -46,5 +56,16 @@ def AdamW(  # noqa: N802 - the registry name users write
     weight_decay: float = 1e-2,
     fused: bool | None = None,
 ) -> torch.optim.Optimizer:
-    """AdamW with decoupled weight decay."""
+    """AdamW with decoupled weight decay.
+
+    Args:
+        params: parameters (or parameter groups) to optimise; passed by the trainer.
+        lr: base learning rate, which the scheduler (and any LR automation) scales per step.
+        betas: decay rates of the running means of the gradient and of its square.
+        eps: term added to the denominator for numerical stability.
+        weight_decay: decoupled weight decay: each step shrinks every parameter by ``lr * weight_decay``
+            times its value, apart from the gradient update.
+        fused: ``true``: torch's fused CUDA kernel (every parameter must be on CUDA); ``false``: the
+            ``foreach`` implementation; null: fused when every parameter is on CUDA.
+    """
     return _build(torch.optim.AdamW, params, fused, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

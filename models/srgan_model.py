@@ -16,9 +16,10 @@ from utils.steps import Step
 
 
 class GANPathOptions(PathOptions):
-    pretrain_network_d: str | None = None
-    strict_load_d: bool = True
-    param_key_d: str = "params"
+    pretrain_network_d: str | None = Field(None, description="weights loaded into network_d before training")
+    strict_load_d: bool = Field(True, description="fail on missing, unexpected or mis-shaped keys of "
+                                "pretrain_network_d (false: load what matches)")
+    param_key_d: str = Field("params", description="key of the weights inside pretrain_network_d")
 
 
 @MODEL_REGISTRY.register()
@@ -41,17 +42,21 @@ class SRGANModel(SRModel):
     """
 
     option_fields: ClassVar[dict[str, tuple[Any, Any]]] = {
-        "network_d": (NETWORK, ...),
-        "path": (GANPathOptions, GANPathOptions()),
+        "network_d": (NETWORK, Field(..., description="the discriminator network")),
+        "path": (GANPathOptions, Field(GANPathOptions(), description="where weights are loaded from and runs are "
+                                       "written, with the discriminator's pretrained weights")),
     }
     train_option_fields: ClassVar[dict[str, tuple[Any, Any]]] = {
-        "optim_d": (OPTIMIZER, ...),
-        "scheduler_d": (SCHEDULER | None, None),
-        "gan": (GAN, ...),
-        "grad_clip_d": (Annotated[float, Field(gt=0)] | None, None),
-        "net_d_iters": (Annotated[int, Field(ge=1)], 1),
-        "net_d_init_iters": (Annotated[int, Field(ge=0)], 0),
-        "g_pretrain_steps": (Step, 0),
+        "optim_d": (OPTIMIZER, Field(..., description="optimiser of network_d")),
+        "scheduler_d": (SCHEDULER | None, Field(None, description="learning-rate scheduler of optim_d")),
+        "gan": (GAN, Field(..., description="the adversarial loss and its weight in the generator's loss")),
+        "grad_clip_d": (Annotated[float, Field(gt=0)] | None,
+                        Field(None, description="clip the discriminator's gradient norm to this value")),
+        "net_d_iters": (Annotated[int, Field(ge=1)], Field(1, description="discriminator steps per generator step")),
+        "net_d_init_iters": (Annotated[int, Field(ge=0)],
+                             Field(0, description="discriminator-only steps at the start of the adversarial phase")),
+        "g_pretrain_steps": (Step, Field(0, description="generator-only iterations (content losses) before the "
+                                         "adversarial phase")),
     }
     # OpenSR's names: unweighted terms as train_metrics/*, their weighted sum as the content loss
     loss_log_names: ClassVar[tuple[str, str]] = ("train_metrics", "generator/content_loss")

@@ -8,12 +8,13 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
-from data.image_io import list_images
+from data.image_io import list_images, read_image
 from models.automations import dynamic_loss_automation as dla
 from models.automations.dynamic_loss_automation import DynamicLossAutomation
 from tests.conftest import SHARED, small_train_yaml
@@ -53,6 +54,9 @@ class FakeContext:
 
     def train_files(self) -> list[str]:
         return self.files
+
+    def read_train_image(self, path: str) -> np.ndarray:
+        return read_image(path, keep_channels=True, as_float=False)
 
     def report(self, source: str, message: str, scalars: dict[str, float] | None = None) -> None:
         self.reports.append((source, message, dict(scalars or {})))
@@ -109,7 +113,7 @@ def test_rate_one_reaches_the_targets_in_one_step():
 def test_calibrated_targets_rate_and_initial_multipliers_by_hand(monkeypatch):
     stats = {"texture_variance": 0.005, "edge_density": 0.3, "colour_variation": 0.06}
     calls = []
-    monkeypatch.setattr(dla, "sample_statistics", lambda *args: calls.append(args) or dict(stats, complexity=0.9))
+    monkeypatch.setattr(dla, "sample_statistics", lambda *args, **kw: calls.append(args) or dict(stats, complexity=0.9))
     ctx = FakeContext([("l1", "L1Loss", 1.0), ("mse", "MSELoss", 0.0), ("ssim", "SSIMLoss", 0.2),
                        ("gradient", "GradientLoss", 0.3)], files=["a.png", "b.png"])
     a = _automation(calibration_samples=7, calibration_crop=32, seed=5)
@@ -214,7 +218,7 @@ def _run_overrides(name: str) -> list[str]:
 def test_real_run_moves_weights_within_bounds_and_resumes_identically(tmp_path, hr_folder, monkeypatch):
     calls = []
     real = dla.sample_statistics
-    monkeypatch.setattr(dla, "sample_statistics", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(dla, "sample_statistics", lambda *a, **kw: calls.append(a) or real(*a, **kw))
     path = small_train_yaml(tmp_path, hr_folder)
     straight = Path(train(path, _run_overrides("straight"))["experiment_dir"])
     # The multipliers move at every logging step after the calibration, and stay within the bounds.

@@ -65,3 +65,45 @@ def test_trained_weights_rebuild_a_non_inferable_arch(tmp_path, hr_folder):
     scores = evaluate(tmp_path / "test.yml")
     trained = json.loads((exp / "metrics.json").read_text())["metrics"]["tinyval"]["psnr"]
     assert scores["srresnet"]["tinyval"]["psnr"]["mean"] == pytest.approx(trained, abs=1e-9)
+
+
+def test_warm_start_without_network_g_builds_the_recorded_network(tmp_path, hr_folder):
+    """A file whose path.pretrain_network_g records its network needs no network_g section."""
+    import yaml
+
+    from models.base_model import build_network
+    from utils.options import OptionsError, load_options
+    from utils.weights import save_network
+
+    section = {"type": "SRResNet", "n_channels": 8, "n_blocks": 1, "block_type": "res", "scale": 2}
+    net = build_network(section)
+    weights = tmp_path / "warm.safetensors"
+    save_network(net, weights, metadata=network_metadata(section, 2, 10, "ema"))
+    path = small_train_yaml(tmp_path, hr_folder)
+    data = yaml.safe_load(path.read_text())
+    del data["network_g"]
+    data["path"]["pretrain_network_g"] = str(weights)
+    data["train"]["total_iter"] = 2
+    path.write_text(yaml.safe_dump(data))
+    assert load_options(path).network_g == section
+    result = train(path)
+    started = load_file(Path(result["experiment_dir"]) / "models" / "net_g_2.safetensors")
+    assert set(started) == set(net.state_dict())  # the SRResNet was built and trained, not the EDSR default
+
+    for target, expected in ((tmp_path / "missing.safetensors", "missing.safetensors does not exist"),
+                             (None, "set path.pretrain_network_g")):
+        data["path"]["pretrain_network_g"] = str(target) if target else None
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(OptionsError, match=expected):
+            load_options(path)
+    bare = tmp_path / "bare.safetensors"
+    save_network(net, bare)  # no metadata
+    data["path"]["pretrain_network_g"] = str(bare)
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(OptionsError, match="bare.safetensors does not record its network"):
+        load_options(path)
+    data["scale"] = 4  # the recorded x2 network under an x4 run: named, not silently rebuilt
+    data["path"]["pretrain_network_g"] = str(weights)
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(OptionsError, match="differs from the top-level scale 4"):
+        load_options(path)

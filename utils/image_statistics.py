@@ -41,7 +41,7 @@ edges ≈ 0.84, colour ≈ 0.21) saturates every term and scores 1.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -144,7 +144,8 @@ def first_three_bands(img: np.ndarray) -> np.ndarray:
 
 
 def sample_statistics(
-    paths: Sequence[str | Path], crop: int, n: int, seed: int, max_images: int | None = None
+    paths: Sequence[str | Path], crop: int, n: int, seed: int, max_images: int | None = None,
+    read: Callable[[str | Path], np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Mean statistics over ``n`` random ``crop``-sized crops of the given image files.
 
@@ -153,6 +154,9 @@ def sample_statistics(
     image. Every picked image is decoded once and all its crops are cut from that copy, so the
     cost is dominated by decoding the distinct images; ``max_images`` (if set) first draws that
     many distinct files to sample from, which bounds start-up time on sets of large images.
+
+    ``read`` decodes one path (default: the file on disk); a dataset passes its own reader, so
+    paths that are LMDB keys or stack items work too.
 
     Returns the mean of each statistic over the crops, plus ``"complexity"``: the mean of the
     per-crop complexity scores (not the score of the mean statistics).
@@ -172,7 +176,8 @@ def sample_statistics(
     for index in np.unique(picks):
         # Crop from the stored integer image and convert only the crops to float: decoding a
         # large image is unavoidable, converting all of it is not.
-        img = first_three_bands(read_image(paths[index], keep_channels=True, as_float=False))
+        raw = read(paths[index]) if read is not None else read_image(paths[index], keep_channels=True, as_float=False)
+        img = first_three_bands(raw)
         for _ in range(int((picks == index).sum())):
             stats = image_statistics(to_float(_random_crop(img, crop, rng)))
             for key, value in stats.items():

@@ -1,4 +1,4 @@
-"""Console (rich), log file and TensorBoard output. Only rank 0 writes."""
+"""Console (rich), log file, TensorBoard and (optional) Weights & Biases output. Only rank 0 writes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
@@ -120,6 +121,102 @@ class TensorBoardWriter:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+
+
+WANDB_RUN_ID_FILE = "wandb_run_id.txt"
+WANDB_MISSING = "the wandb package is not installed: pip install wandb (or remove logger.wandb)"
+
+
+def wandb_installed() -> bool:
+    """Whether ``import wandb`` works. Imported only when asked for: wandb is an optional extra
+    and a run without ``logger.wandb`` should neither need it nor pay for importing it."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def saved_wandb_run_id(exp_dir: str | Path) -> str | None:
+    """The id of the W&B run an experiment folder logged to, if it started one."""
+    path = Path(exp_dir) / WANDB_RUN_ID_FILE
+    text = path.read_text(encoding="utf-8").strip() if path.is_file() else ""
+    return text or None
+
+
+def _hwc_uint8(chw: Any) -> np.ndarray:
+    """A CHW image (tensor or array, floats in [0, 1]) as the HWC / HW uint8 array wandb.Image takes."""
+    arr = np.asarray(chw.detach().cpu().float().numpy() if hasattr(chw, "detach") else chw)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if arr.shape[0] not in (1, 3, 4):  # e.g. two bands: show the first as greyscale
+        arr = arr[:1]
+    arr = arr.transpose(1, 2, 0)
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
+class WandbWriter:
+    """Scalars and images to a Weights & Biases run, with :class:`TensorBoardWriter`'s calls.
+
+    Create it on rank 0 only. The run's files go to ``<experiment>/wandb/`` and its id to
+    ``<experiment>/wandb_run_id.txt``, so that a training run resumed from a state continues
+    the same W&B run and its curves (``resume_id`` names a run explicitly, as in BasicSR).
+    """
+
+    def __init__(self, settings: Any, exp_dir: str | Path, run_name: str, config: dict[str, Any],
+                 resuming: bool) -> None:
+        import wandb  # lazily: optional, and slow to import
+
+        self._wandb = wandb
+        exp_dir = Path(exp_dir)
+        run_id = settings.resume_id or (saved_wandb_run_id(exp_dir) if resuming else None)
+        # resuming: options may have changed since (a longer total_iter), which wandb would otherwise refuse
+        resume = {"id": run_id, "resume": "allow", "allow_val_change": True} if run_id else {}
+        try:
+            # create_new (wandb >= 0.19.10): never log into, or finish, a run the calling program has open
+            self.run = wandb.init(project=settings.project, entity=settings.entity, name=settings.name or run_name,
+                                  mode=settings.mode, dir=str(exp_dir), config=config, reinit="create_new", **resume)
+        except wandb.errors.Error as err:
+            raise RuntimeError(f"W&B could not start a run: {err} (run `wandb login`, or set "
+                               "logger.wandb.mode: offline)") from err
+        (exp_dir / WANDB_RUN_ID_FILE).write_text(f"{self.run.id}\n", encoding="utf-8")
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        # rows of the same step merge, so the loop's several calls per iteration make one row
+        self.run.log({key: float(value) for key, value in values.items()}, step=step)
+
+    def image(self, tag: str, chw: Any, step: int) -> None:
+        self.run.log({tag: self._wandb.Image(_hwc_uint8(chw))}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class LogWriters:
+    """The active writers (TensorBoard, W&B) behind one object with their common calls, so the
+    training loop, validation and automations write to all of them without knowing which."""
+
+    def __init__(self, writers: list[Any]) -> None:
+        self.writers = writers
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for writer in self.writers:
+            writer.scalars(values, step)
+
+    def image(self, tag: str, chw: Any, step: int) -> None:
+        for writer in self.writers:
+            writer.image(tag, chw, step)
+
+    def close(self) -> None:
+        # every writer gets closed even when one fails, so a W&B error does not lose TensorBoard's last events
+        errors = []
+        for writer in self.writers:
+            try:
+                writer.close()
+            except Exception as err:  # noqa: BLE001 - re-raised below, after the others are closed
+                errors.append(err)
+        if errors:
+            raise errors[0]
 
 
 def metrics_table(title: str, results: dict[str, dict[str, float]]) -> Table:

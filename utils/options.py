@@ -99,17 +99,20 @@ def _try_scheduler(section: dict[str, Any]) -> None:
 class LossEntry(_Section):
     """The keys of a ``train.losses`` entry that the runner handles itself."""
 
-    type: str
-    loss_weight: Scheduled = 1.0
-    name: str | None = None
-    inputs: list[str] | None = None  # the named tensors to pass, when not the loss's own ``inputs``
+    type: str = Field(description="registered loss class")
+    loss_weight: Scheduled = Field(1.0, description="weight of this term in the summed loss (a number or a schedule)")
+    name: str | None = Field(None, description="label the term is logged under (default: the type without 'Loss', "
+                             "lower-cased)")
+    inputs: list[str] | None = Field(None, description="named tensors passed to the loss, e.g. [sr, gt] (default: the "
+                                     "loss class's own inputs, else [sr, gt])")
 
 
 class GANEntry(_Section):
     """The keys of an adversarial-loss section that the runner handles itself."""
 
-    type: str
-    loss_weight: Scheduled = 1.0
+    type: str = Field(description="registered adversarial loss class (GANLoss)")
+    loss_weight: Scheduled = Field(1.0, description="weight of the generator's adversarial term (a number or a "
+                                   "schedule)")
 
 
 def _try_gan_loss(section: dict[str, Any]) -> None:
@@ -124,14 +127,15 @@ def _try_gan_loss(section: dict[str, Any]) -> None:
 
 
 class MetricEntry(_Section):
-    type: str
-    better: Literal["higher", "lower"] | None = None
-    output: str | None = None  # which runner output to score (default: its first)
+    type: str = Field(description="registered metric function, e.g. calculate_psnr")
+    better: Literal["higher", "lower"] | None = Field(None, description="whether higher or lower values are better "
+                                                      "(default: the metric's registration)")
+    output: str | None = Field(None, description="which runner output to score (default: its first)")
 
 
 class AutomationEntry(_Section):
-    type: str
-    enabled: bool = True
+    type: str = Field(description="registered automation name (optional where the section's key names it)")
+    enabled: bool = Field(True, description="false switches the automation off; its other keys are then not needed")
 
 
 def _batch_size(value: Any) -> Schedule:
@@ -141,14 +145,19 @@ def _batch_size(value: Any) -> Schedule:
 class LoaderOptions(_Section):
     """Dataset keys that belong to the loader rather than to the dataset class."""
 
-    name: str = ""
-    type: str
-    batch_size_per_gpu: Annotated[Scheduled, AfterValidator(_batch_size)] = 16
-    num_worker_per_gpu: int = Field(4, ge=0)
-    pin_memory: bool = True
-    persistent_workers: bool = True
-    prefetch_mode: Literal["cpu", "cuda"] | None = None
-    dataset_enlarge_ratio: int = Field(1, ge=1)
+    name: str = Field("", description="name of the set in logs, metrics and result folders (default: its key)")
+    type: str = Field(description="registered dataset class")
+    batch_size_per_gpu: Annotated[Scheduled, AfterValidator(_batch_size)] = Field(
+        16, description="training batch size per process: a whole number or a {step: size} schedule (validation "
+        "uses 1)")
+    num_worker_per_gpu: int = Field(4, ge=0, description="data-loading worker processes per process (0: load in "
+                                    "the main process)")
+    pin_memory: bool = Field(True, description="pin host memory of training batches for faster copies to CUDA")
+    persistent_workers: bool = Field(True, description="keep training loader workers alive between epochs")
+    prefetch_mode: Literal["cpu", "cuda"] | None = Field(
+        None, description="how training batches reach the device: cuda (side-stream prefetch, the default on CUDA) "
+        "or cpu (synchronous copies)")
+    dataset_enlarge_ratio: int = Field(1, ge=1, description="repeat the training set this many times per epoch")
 
 
 def _component(registry: Registry, **kw: Any) -> Any:
@@ -166,88 +175,123 @@ GAN = _component(LOSS_REGISTRY, head=GANEntry, check=_try_gan_loss)
 
 
 class PathOptions(_Section):
-    experiments_root: str = "experiments"
-    results_root: str = "results"
-    pretrain_network_g: str | None = None
-    strict_load_g: bool = True
-    param_key_g: str = "params"
-    resume_state: str | None = None
+    experiments_root: str = Field("experiments", description="folder holding each training run's folder "
+                                  "(<experiments_root>/<name>)")
+    results_root: str = Field("results", description="folder test.py writes to (<results_root>/<name>)")
+    pretrain_network_g: str | None = Field(None, description="weights loaded into network_g before training or "
+                                           "testing")
+    strict_load_g: bool = Field(True, description="fail on missing, unexpected or mis-shaped keys of "
+                                "pretrain_network_g (false: load what matches)")
+    param_key_g: str = Field("params", description="key of the weights inside pretrain_network_g (params, "
+                             "params_ema)")
+    resume_state: str | None = Field(None, description="training state (.state) to resume from (--auto_resume "
+                                     "finds the latest instead)")
 
 
 class TrainOptions(_Section):
-    total_iter: int = Field(gt=0)
-    optim_g: OPTIMIZER
-    scheduler: SCHEDULER | None = None
-    losses: LOSSES = []
-    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
-    ema_update_after: Step = 0
-    ema_warmup: bool = False
-    grad_clip: float | None = Field(None, gt=0)
-    accumulate_grad_batches: int = Field(1, ge=1)
+    total_iter: int = Field(gt=0, description="number of training iterations (the T of steps written as 0.8T)")
+    optim_g: OPTIMIZER = Field(description="optimiser of network_g")
+    scheduler: SCHEDULER | None = Field(None, description="learning-rate scheduler of optim_g (none: a constant "
+                                        "learning rate)")
+    losses: LOSSES = Field([], description="the generator's training losses; their weighted sum is minimised")
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description="decay of the EMA copy of network_g that is validated "
+                             "and saved as net_g_ema (0: no EMA)")
+    ema_update_after: Step = Field(0, description="until this step the EMA copies the live weights")
+    ema_warmup: bool = Field(False, description="grow the EMA decay as min(ema_decay, (1 + n) / (10 + n)) over the "
+                             "first n updates")
+    grad_clip: float | None = Field(None, gt=0, description="clip the generator's gradient norm to this value "
+                                    "(logged as grad_norm; none: no clipping)")
+    accumulate_grad_batches: int = Field(1, ge=1, description="micro-batches whose gradients are summed per "
+                                         "optimiser step")
     # metrics of the training batch, logged as train_metrics/<name> at each logging step
-    train_metrics: _component(METRIC_REGISTRY, many="dict", skip=("img", "img2"), head=MetricEntry) = {}
+    train_metrics: _component(METRIC_REGISTRY, many="dict", skip=("img", "img2"), head=MetricEntry) = Field(
+        {}, description="metrics of the training batch by name, logged as train_metrics/<name> at logging steps")
     training_automations: _component(AUTOMATION_REGISTRY, many="dict", head=AutomationEntry,
-                                     type_from_key=True) = {}
+                                     type_from_key=True) = Field(
+        {}, description="automations the loop calls through hooks, keyed by registered name")
 
 
 class ValOptions(_Section):
-    val_freq: Annotated[Step, Field(gt=0)] = 5000
-    save_img: bool = False
-    metrics: _component(METRIC_REGISTRY, many="dict", skip=("img", "img2"), head=MetricEntry) = {}
-    tta: bool = False
-    tile: int = Field(0, ge=0)
-    tile_overlap: int = Field(16, ge=0)
-    baselines: bool = False
+    val_freq: Annotated[Step, Field(gt=0)] = Field(5000, description="validate every this many iterations (and "
+                                                   "after the last)")
+    save_img: bool = Field(False, description="write the validation outputs as images")
+    metrics: _component(METRIC_REGISTRY, many="dict", skip=("img", "img2"), head=MetricEntry) = Field(
+        {}, description="validation metrics by name; the first set's first metric picks net_g_best")
+    tta: bool = Field(False, description="8-way flip/rotation test-time augmentation at validation")
+    tile: int = Field(0, ge=0, description="validate in overlapping LR tiles of this size (0: whole images)")
+    tile_overlap: int = Field(16, ge=0, description="LR pixels each tile grows by on every side")
+    baselines: bool = Field(False, description="also score nearest and bicubic upscaling of the validation sets")
 
 
 class KeepBest(_Section):
     """Keep the ``k`` checkpoints with the best ``metric`` (of ``dataset``, default the first
     validation set) beside the ``keep_last`` newest."""
 
-    metric: str
-    k: int = Field(2, ge=1)
-    dataset: str | None = None
+    metric: str = Field(description="val.metrics name the checkpoints are ranked by")
+    k: int = Field(2, ge=1, description="how many of the best checkpoints are kept")
+    dataset: str | None = Field(None, description="validation set whose score counts (default: the first)")
+
+
+class WandbOptions(_Section):
+    """Weights & Biases logging (``logger.wandb``); needs the optional ``wandb`` package."""
+
+    project: str = Field(..., description="W&B project the run is logged to")
+    name: str | None = Field(None, description="display name of the W&B run (default: the option file's name)")
+    entity: str | None = Field(None, description="W&B user or team (default: the account's default entity)")
+    resume_id: str | None = Field(None, description="id of an earlier W&B run to continue logging into")
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="online, offline or disabled (default: wandb's own, e.g. the WANDB_MODE variable)")
 
 
 class LoggerOptions(_Section):
-    print_freq: int = Field(100, gt=0)
-    save_checkpoint_freq: Annotated[Step, Field(gt=0)] = 5000
-    use_tb_logger: bool = True
-    keep_last: int = Field(3, ge=1)
-    keep_best: KeepBest | None = None
+    print_freq: int = Field(100, gt=0, description="log the training values every this many iterations")
+    save_checkpoint_freq: Annotated[Step, Field(gt=0)] = Field(5000, description="save weights and a training "
+                                                               "state every this many iterations")
+    use_tb_logger: bool = Field(True, description="write TensorBoard logs to <experiment>/tb_logger")
+    keep_last: int = Field(3, ge=1, description="how many of the newest checkpoints are kept")
+    keep_best: KeepBest | None = Field(None, description="also keep the checkpoints with the best validation metric")
+    wandb: WandbOptions | None = Field(None, description="log scalars and validation images to Weights & Biases")
 
 
 class ModelEntry(_Section):
     """An extra model compared by test.py (``models:`` list)."""
 
-    name: str
-    path: str
-    param_key: str = "params"
-    strict_load: bool = True
-    network_g: NETWORK | None = None
+    name: str = Field(description="name of the model in the results table and folder")
+    path: str = Field(description="weights file to evaluate")
+    param_key: str = Field("params", description="key of the weights inside the file (params, params_ema)")
+    strict_load: bool = Field(True, description="fail on missing, unexpected or mis-shaped keys")
+    network_g: NETWORK | None = Field(None, description="its network (default: what the weight file records, else "
+                                      "the file's network_g)")
 
 
 class Options(_Section):
-    name: str
-    model_type: str = "SRModel"
-    scale: int = Field(4, ge=1, le=16)
-    num_gpu: int | Literal["auto"] = "auto"
-    manual_seed: int = 0
-    imports: list[str] = []
-    device: str = "auto"
-    amp: Literal["none", "fp16", "bf16"] = "none"
-    channels_last: bool = False
-    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
-    tf32: bool = True
+    name: str = Field(description="experiment name: the run's folder under path.experiments_root (results_root "
+                      "for test.py)")
+    model_type: str = Field("SRModel", description="registered runner that trains the networks")
+    scale: int = Field(4, ge=1, le=16, description="upscaling factor, injected into the networks and datasets")
+    num_gpu: int | Literal["auto"] = Field("auto", description="accepted for BasicSR files and not used: torchrun "
+                                           "sets the number of processes")
+    manual_seed: int = Field(0, description="seed of torch and of the data order")
+    imports: list[str] = Field([], description="modules to import first, so their registered classes can be named "
+                               "(dotted names, or .py paths relative to this file)")
+    device: str = Field("auto", description="auto, cpu, mps, cuda or cuda:N")
+    amp: Literal["none", "fp16", "bf16"] = Field("none", description="mixed precision: none, fp16 (with gradient "
+                                                 "scaling) or bf16")
+    channels_last: bool = Field(False, description="channels-last memory format for the networks and batches")
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        False, description="torch.compile the trained networks: true (torch's default mode) or a mode name")
+    tf32: bool = Field(True, description="allow TF32 matrix multiplications and convolutions on CUDA")
     datasets: _component(DATASET_REGISTRY, many="dict", inject=("scale", "phase"), head=LoaderOptions,
                          keys=r"train$|val|test", keys_hint="dataset keys must be 'train' or start with 'val' or "
-                         "'test'") = {}
-    network_g: NETWORK
-    path: PathOptions = PathOptions()
-    train: TrainOptions | None = None
-    val: ValOptions | None = None
-    logger: LoggerOptions = LoggerOptions()
-    models: list[ModelEntry] = []
+                         "'test'") = Field({}, description="datasets by key: train for training, keys starting with "
+                                           "val or test for validation and testing")
+    network_g: NETWORK | None = Field(None, description="the generator network; may be left out when "
+                                      "path.pretrain_network_g names weights that record their network")
+    path: PathOptions = Field(PathOptions(), description="where weights are loaded from and runs are written")
+    train: TrainOptions | None = Field(None, description="training settings (absent in test files)")
+    val: ValOptions | None = Field(None, description="validation settings")
+    logger: LoggerOptions = Field(LoggerOptions(), description="logging and checkpointing")
+    models: list[ModelEntry] = Field([], description="further models compared by test.py")
 
     _source: str = PrivateAttr("<options>")
 
@@ -287,9 +331,12 @@ def schema_for(runner: type) -> type[Options]:
     for name, cls in AUTOMATION_REGISTRY.items():
         if getattr(cls, "section", None):
             spec = _component(AUTOMATION_REGISTRY, head=AutomationEntry, fixed_type=name)
-            train_fields[cls.section] = (spec | None, None)
+            about = f"the {name} automation (the keys of train.training_automations.{name})"
+            train_fields[cls.section] = (spec | None, Field(None, description=about))
     train = create_model(f"{runner.__name__}TrainOptions", __base__=TrainOptions, **train_fields)
-    schema = create_model(f"{runner.__name__}Options", __base__=Options, train=(train | None, None),
+    about = Options.model_fields["train"].description
+    schema = create_model(f"{runner.__name__}Options", __base__=Options,
+                          train=(train | None, Field(None, description=about)),
                           **dict(getattr(runner, "option_fields", {})))
     _SCHEMAS[runner] = schema
     return schema
@@ -327,7 +374,6 @@ _MIGRATION_HINTS = {
     "perceptual_opt": "write it as an entry of train.losses",
     "warmup_iter": "it belongs to train.scheduler (warmup_iter, warmup_start_factor)",
     "upscale": "write scale once at the top level; it is injected into the network",
-    "io_backend": "not needed: images are read from disk folders",
     "dist_params": "not needed: launch with torchrun",
 }
 
@@ -652,6 +698,30 @@ def _as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _network_from_weights(data: dict, problems: list[tuple[str, str]]) -> None:
+    """Fill a left-out ``network_g`` from the metadata of ``path.pretrain_network_g`` (every weight
+    file upforge writes records its network), so a warm start or a test needs no arch section."""
+    if data.get("network_g") is not None:
+        return
+    weights = _as_dict(data.get("path")).get("pretrain_network_g")
+    if not weights:
+        problems.append(("network_g", "required key is missing (or set path.pretrain_network_g to weights that "
+                                      "record their network)"))
+        return
+    from utils.weights import arch_from_metadata, read_metadata
+
+    try:
+        section = arch_from_metadata(read_metadata(weights))
+    except (OSError, ValueError) as err:
+        problems.append(("path.pretrain_network_g", f"cannot read the network from {weights}: {err}"))
+        return
+    if section is None:
+        reason = "does not exist" if not Path(weights).is_file() else "does not record its network"
+        problems.append(("network_g", f"required key is missing: {weights} {reason}, so write network_g"))
+        return
+    data["network_g"] = section
+
+
 def parse_options(data: dict, source: str = "<options>", base_dir: str | Path | None = None) -> Options:
     """Validate a raw option mapping; raise :class:`OptionsError` listing every problem.
 
@@ -672,6 +742,7 @@ def parse_options(data: dict, source: str = "<options>", base_dir: str | Path | 
     except KeyError as err:
         raise OptionsError(source, [("model_type", str(err))]) from err
     schema = schema_for(runner)
+    _network_from_weights(data, problems)
 
     train_raw = _as_dict(data.get("train"))
     try:

@@ -79,6 +79,29 @@ class AdaptiveLR(Automation):
 
     TensorBoard: ``automation/<name>/lr_multiplier`` at each change; ``.../drop``, ``.../noise`` and
     ``.../strategy`` (0 cosine, 1 exponential, 2 plateau) at each switch.
+
+    Args:
+        strategy: ``adaptive`` (picks one of the others from the loss curve, switching as it changes) or a
+            fixed ``cosine``, ``exponential`` or ``plateau``.
+        optimizer: key of the optimiser whose LR is scaled: ``g`` (generator) or ``d`` (discriminator).
+        max_lr_factor: upper bound of ``m`` (> 0); ``m`` starts at 1 and never rises, so only a value below 1
+            has an effect: it caps the LR from the decision start.
+        min_lr_factor: lower bound of ``m`` (> 0, ≤ ``max_lr_factor``); ``cosine`` and ``exponential`` reach it
+            at ``train.total_iter``.
+        cooldown: least iterations between two changes of ``m`` (and between two of ``adaptive``'s picks).
+        patience: ``plateau``: iterations without the smoothed loss improving by ``threshold`` before ``m``
+            is multiplied by ``factor``.
+        factor: ``plateau``: multiplier of ``m`` at each reduction, in (0, 1).
+        threshold: relative loss improvement that counts (≥ 0; 0.01 = 1 %): ``plateau``'s margin
+            ``threshold * |best|``; ``adaptive`` picks ``plateau`` when the fitted drop is at most this (or at
+            most the noise).
+        start: no decision before this iteration (nor before ``train.scheduler.warmup_iter``).
+        smoothing: weight of a new observation in the smoothed loss ``s += smoothing * (x - s)``, in (0, 1]
+            (1: no smoothing).
+        window: ``adaptive``: iterations of loss history fitted by a line, and the wait after the decision
+            start before the first pick (≥ 1).
+        fast_threshold: ``adaptive``: a relative drop over ``window`` at or above this picks ``cosine``
+            (still improving fast); below it (but above ``threshold`` and the noise) ``exponential``.
     """
 
     def __init__(

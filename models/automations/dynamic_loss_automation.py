@@ -122,6 +122,19 @@ class DynamicLossAutomation(Automation):
 
     With r = 1 and no clamping, step 3 reaches the targets in one step; r < 1 moves geometrically.
     Changes are reported with scalars ``dynamic_weight/<label>`` (the multipliers).
+
+    Args:
+        auto_calibrate: measure the training images at train start to set the target shares, the rate and
+            the initial multipliers; false: each term's target is its share at its first active logging step.
+        min_weight: lower clamp of each term's effective weight w_i * m_i (> 0).
+        max_weight: upper clamp of each term's effective weight (≥ ``min_weight``).
+        smoothing: s in L_i = s * L_i + (1 - s) * l_i, the smoothing of the logged loss values, in [0, 1)
+            (0: none).
+        adaptation_rate: exponent r of the update, in (0, 1] (1: reach the targets in one step); null: from
+            the calibration (0.1 to 0.5), or 0.25 without one.
+        calibration_samples: number of random crops measured for the calibration (≥ 1).
+        calibration_crop: side in pixels of each calibration crop (≥ 8); smaller images are used whole.
+        seed: seed of the calibration's choice of images and crop positions.
     """
 
     section = "dynamic_loss_scheduling"
@@ -178,7 +191,8 @@ class DynamicLossAutomation(Automation):
             ctx.report(self.name, "no training image files to measure: the target shares will be the shares at "
                                   "the first logging step")
             return
-        stats = sample_statistics(files, self.calibration_crop, self.calibration_samples, self.seed)
+        stats = sample_statistics(files, self.calibration_crop, self.calibration_samples, self.seed,
+                                  read=ctx.read_train_image)
         self.statistics = {k: float(stats[k]) for k in STAT_NAMES}
         self.calibrated_rate = calibrated_rate(self.statistics)
         structural = self.structural_terms(ctx)

@@ -38,6 +38,14 @@ class EarlyStopping(Automation):
     at least once every ``patience`` iterations is never stopped.
     Each validation is logged, with TensorBoard scalars ``automation/<name>/best`` and
     ``automation/<name>/iterations_since_best``.
+
+    Args:
+        monitor: metric to watch: a ``val.metrics`` name (scored on the first validation set) or
+            ``dataset/metric``; null: the first validation set's first metric.
+        patience: iterations (not validations) without an improvement after which the run stops (≥ 1).
+        min_improvement: margin by which a value must beat the best to count as an improvement (absolute,
+            in the metric's units, ≥ 0).
+        min_iterations: the run is never stopped before this iteration.
     """
 
     def __init__(

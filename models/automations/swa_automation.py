@@ -41,6 +41,12 @@ class SWA(Automation):
     weights: ``net_g_best`` becomes the average (metadata ``swa_promoted: true``) only when it beats
     the best value so far. At the end the average is written as ``net_g_swa_final`` (metadata: the
     snapshot count, first and last snapshot iterations, the source, the options).
+
+    Args:
+        start: iteration of the first snapshot, e.g. ``0.8T`` for the last fifth of the run.
+        update_every: iterations between two snapshots, counted from ``start`` (≥ 1).
+        average: which weights are averaged: ``ema`` (the EMA weights; the live ones when the run has no
+            EMA) or ``live`` (the trained weights).
     """
 
     section: ClassVar[str | None] = "swa"

@@ -108,6 +108,17 @@ class VramBatchAutomation(Automation):
     Out of memory later: back off to the largest batch known to fit that is smaller than the
     current one, else to max(min_batch_size, floor(3/4 * current)), rescale the LR the same way
     and have the step redone; at min_batch_size the error is not handled.
+
+    Args:
+        target_vram_usage: share of the GPU's total memory that a training step's peak reserved memory may
+            use, in (0, 1].
+        lr_scaling: LR rule on a batch change b_old -> b_new: ``linear`` (x b_new / b_old), ``sqrt``
+            (x sqrt(b_new / b_old)) or ``none``.
+        max_batch_size: largest batch tried (≥ 1); null: bounded only by the samples per GPU per epoch.
+        min_batch_size: smallest batch (≥ 1): used when no batch fits, and the floor of the out-of-memory
+            back-off.
+        optimizer: key of the optimiser whose LR ``lr_scaling`` rescales: ``g`` (generator) or ``d``
+            (discriminator).
     """
 
     def __init__(self, target_vram_usage: Annotated[float, Field(gt=0, le=1)] = 0.85,

@@ -41,7 +41,17 @@ def gradient_l1_map(pred: Tensor, target: Tensor) -> Tensor:
 def calculate_l1(
     img: Tensor, img2: Tensor, crop_border: int = 0, test_y_channel: bool = True, y_range: str = "studio"
 ) -> Tensor:
-    """Per-image mean absolute error on the [0, 1] scale; shape (N,), float64."""
+    """Per-image mean absolute error on the [0, 1] scale; shape (N,), float64.
+
+    Args:
+        img: output images, float NCHW (or one CHW image) in [0, 1]; passed by the trainer.
+        img2: reference (gt) images of the same shape; passed by the trainer.
+        crop_border: pixels removed from each edge of both images before scoring (often the scale).
+        test_y_channel: score only the BT.601 luma (Y) of RGB images, as SR papers report; false for other
+            channel counts.
+        y_range: luma used with ``test_y_channel``: ``studio`` (Y in [16/255, 235/255], BasicSR's) or
+            ``full`` (Y in [0, 1]).
+    """
     a, b = prepare_pair(img, img2, crop_border, test_y_channel, y_range, "calculate_l1")
     return (a - b).abs().mean(dim=(1, 2, 3))
 
@@ -56,6 +66,15 @@ def calculate_gradient_l1(
     """Per-image mean of 0.5 * (|Δdx| + |Δdy|) of Sobel gradients on the [0, 1] scale; shape (N,).
 
     Cropping happens before the gradients, so the crop's edge is replicate-padded.
+
+    Args:
+        img: output images, float NCHW (or one CHW image) in [0, 1]; passed by the trainer.
+        img2: reference (gt) images of the same shape; passed by the trainer.
+        crop_border: pixels removed from each edge of both images before scoring (often the scale).
+        test_y_channel: score only the BT.601 luma (Y) of RGB images, as SR papers report; false for other
+            channel counts.
+        y_range: luma used with ``test_y_channel``: ``studio`` (Y in [16/255, 235/255], BasicSR's) or
+            ``full`` (Y in [0, 1]).
     """
     a, b = prepare_pair(img, img2, crop_border, test_y_channel, y_range, "calculate_gradient_l1")
     return gradient_l1_map(a, b).mean(dim=(1, 2, 3))

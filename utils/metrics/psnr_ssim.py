@@ -60,6 +60,15 @@ def calculate_psnr(
 
     Identical images give ``inf`` (as BasicSR). Inputs are float in [0, 1] and are not
     quantised to 8 bit here; round them first for numbers comparable to papers.
+
+    Args:
+        img: output images, float NCHW (or one CHW image) in [0, 1]; passed by the trainer.
+        img2: reference (gt) images of the same shape; passed by the trainer.
+        crop_border: pixels removed from each edge of both images before scoring (often the scale).
+        test_y_channel: score only the BT.601 luma (Y) of RGB images, as SR papers report; false for other
+            channel counts.
+        y_range: luma used with ``test_y_channel``: ``studio`` (Y in [16/255, 235/255], BasicSR's) or
+            ``full`` (Y in [0, 1]).
     """
     a, b = prepare_pair(img, img2, crop_border, test_y_channel, y_range, "calculate_psnr")
     mse = ((a - b) * 255.0).pow(2).mean(dim=(1, 2, 3))
@@ -87,6 +96,16 @@ def calculate_ssim(
     Images are scaled to [0, 255]; C1 = (0.01*255)^2, C2 = (0.03*255)^2; the 11x11 Gaussian
     window (sigma 1.5) is applied without padding (valid region only); the SSIM map is
     averaged per channel and the channel means are averaged.
+
+    Args:
+        img: output images, float NCHW (or one CHW image) in [0, 1]; passed by the trainer.
+        img2: reference (gt) images of the same shape; passed by the trainer.
+        crop_border: pixels removed from each edge of both images before scoring (often the scale); at least
+            11x11 pixels must remain.
+        test_y_channel: score only the BT.601 luma (Y) of RGB images, as SR papers report; false for other
+            channel counts.
+        y_range: luma used with ``test_y_channel``: ``studio`` (Y in [16/255, 235/255], BasicSR's) or
+            ``full`` (Y in [0, 1]).
     """
     a, b = prepare_pair(img, img2, crop_border, test_y_channel, y_range, "calculate_ssim")
     n, c, h, w = a.shape

@@ -18,6 +18,11 @@ def calculate_sam(img: Tensor, img2: Tensor, crop_border: int = 0) -> Tensor:
     but accurate near 0 and π, where arccos of a rounded cosine is off by up to ~1e-8 rad.
     A zero vector gets u = 0, so a pixel where both vectors are zero counts as angle 0 (same, if
     empty, spectrum) and a zero vector against a non-zero one as π/2.
+
+    Args:
+        img: output images, float NCHW (or one CHW image) with C >= 2 channels; passed by the trainer.
+        img2: reference (gt) images of the same shape; passed by the trainer.
+        crop_border: pixels removed from each edge of both images before scoring (often the scale).
     """
     a, b = prepare_pair(img, img2, crop_border, False, "studio", "calculate_sam")
     if a.shape[1] < 2:
