@@ -41,9 +41,9 @@ def declared_dependencies() -> tuple[list[str], dict[str, list[str]]]:
     """install_requires and extras_require; tests/test_packaging.py checks them against the imports."""
     core, extras = read_requirements(ROOT / "requirements.txt")
     # Tools outside a training run: not in requirements.txt, so the demo installs stay lean.
-    extras["onnx"] = ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"]
+    extras["onnx"] = ["onnx>=1.18", "onnxruntime>=1.20", "onnxscript>=0.4"]
     extras["lmdb"] = ["lmdb>=1.4"]
-    extras["wandb"] = ["wandb>=0.16"]
+    extras["wandb"] = ["wandb>=0.19.10"]  # reinit="create_new"
     extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
     return core, extras
 

@@ -137,7 +137,8 @@ def test_loss_weight_schedule_keys_accept_fractions(tmp_path, hr_folder):
 def test_missing_required_sections():
     with pytest.raises(OptionsError) as info:
         parse_options({"name": "x"}, source="inline.yml")
-    assert ("network_g", "required key is missing") in info.value.problems
+    assert ("network_g", "required key is missing (or set path.pretrain_network_g to weights that record their "
+                         "network)") in info.value.problems
 
 
 @pytest.mark.parametrize("option_file", SHIPPED)

@@ -237,7 +237,7 @@ def test_infer_unknown() -> None:
 @pytest.mark.parametrize("scale", [4, 2, 1])
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_spandrel_loads_rrdbnet(tmp_path: Path, scale: int, suffix: str) -> None:
-    net = _rrdb(scale=scale, seed=4, num_block=1, num_grow_ch=32)  # spandrel assumes growth 32
+    net = _rrdb(scale=scale, seed=4, num_block=1, num_grow_ch=32)  # spandrel's fixed growth (see below)
     path = tmp_path / f"rrdb_x{scale}{suffix}"
     save_network(net, path)
     desc = spandrel.ModelLoader().load_from_file(str(path))
@@ -245,3 +245,17 @@ def test_spandrel_loads_rrdbnet(tmp_path: Path, scale: int, suffix: str) -> None
     x = torch.rand(1, 3, 16, 20)
     with torch.no_grad():
         torch.testing.assert_close(desc.model.eval()(x), net(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [4, 2])
+def test_spandrel_rejects_non_default_growth(tmp_path: Path, scale: int) -> None:
+    """spandrel (0.4) builds every ESRGAN RRDB with growth 32 instead of reading it from the weights,
+    so RRDBNet files trained with another ``num_grow_ch`` do not load in spandrel / chaiNNer's PyTorch
+    nodes; docs/export.md says so and points to ONNX export. Pinned here: when spandrel learns the
+    growth, this fails; then make it a round trip like the test above and update the doc."""
+    net = _rrdb(scale=scale, seed=5, num_block=1, num_grow_ch=16)
+    path = tmp_path / f"rrdb_g16_x{scale}.safetensors"
+    save_network(net, path)
+    mismatch = r"size mismatch for model\.1\.sub\.0\.RDB1\.conv1\.0\.weight: .*\[16, 8, 3, 3\].*\[32, 8, 3, 3\]"
+    with pytest.raises(RuntimeError, match=mismatch):
+        spandrel.ModelLoader().load_from_file(str(path))
