@@ -1,4 +1,4 @@
-"""Evaluate trained models: ``python test.py -opt options/test/X.yml [-o key.path=value ...]``.
+"""Evaluate trained models: ``python test.py -opt options/test/X.yml [-o key.path=value ...] [--check]``.
 
 The work is done by :mod:`models.evaluation` (a module named ``test`` would be shadowed by
 Python's own ``test`` package once installed, so the console script points there).

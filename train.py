@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import signal
 import sys
@@ -23,7 +24,7 @@ import torch
 import yaml
 
 from utils import dist
-from utils.checkpoint import latest_state, load_training_state
+from utils.checkpoint import ResumePoint, find_resume_state, load_training_state, remove_partial_writes, set_aside
 from utils.cli import run_reporting_errors
 from utils.debug_run import DEBUG_PREFIX, DEBUG_TOTAL_ITER, load_run_options
 from utils.device import select_device
@@ -107,10 +108,12 @@ def require_wandb(opt: Options) -> None:
         raise OptionsError(opt.source, [("logger.wandb", WANDB_MISSING)])
 
 
-def _prepare_experiment_dir(opt: Options, resuming: bool, replace: bool = False) -> Path:
-    """Create the experiment folder. A previous run there is archived, as BasicSR does; with
-    ``replace`` (debug runs, whose folders are throw-away) it is deleted instead."""
+def _prepare_experiment_dir(opt: Options, resuming: bool, replace: bool = False) -> tuple[Path, Path | None]:
+    """Create the experiment folder; returns it and where an earlier run's folder was moved (None:
+    nothing was). A previous run there is archived, as BasicSR does; with ``replace`` (debug runs,
+    whose folders are throw-away) it is deleted instead."""
     exp = opt.experiment_dir
+    archived = None
     if dist.is_main() and exp.exists() and not resuming and any(exp.iterdir()):
         if replace:
             shutil.rmtree(exp)
@@ -123,7 +126,45 @@ def _prepare_experiment_dir(opt: Options, resuming: bool, replace: bool = False)
             (exp / sub).mkdir(parents=True, exist_ok=True)
         (exp / "options.yml").write_text(opt.to_yaml(), encoding="utf-8")
     dist.barrier()
-    return exp
+    return exp, archived
+
+
+def resume_point(opt: Options, auto_resume: bool) -> ResumePoint:
+    """The state to continue from. An explicit ``path.resume_state`` must load (an error names the
+    file otherwise); ``--auto_resume`` takes the newest state that loads and holds finite values,
+    skipping (and reporting) newer ones that a crash or a full disk left unusable."""
+    if opt.path.resume_state is not None:
+        path = Path(opt.path.resume_state)
+        return ResumePoint(path, load_training_state(path))
+    if auto_resume:
+        return find_resume_state(opt.experiment_dir / "training_states")
+    return ResumePoint()
+
+
+def report_start_changes(log: Any, exp: Path, archived: Path | None, resume: ResumePoint) -> None:
+    """Log (file and console) what was moved or removed before training: an earlier run archived,
+    unusable states set aside, partial files of an interrupted write deleted."""
+    if archived is not None:
+        log.warning(f"an earlier run was in {exp}: moved to {archived} (archived); this run starts afresh in {exp}")
+    if not dist.is_main():
+        return
+    for path, why in resume.skipped:
+        log.warning(f"skipped {path}: {why}; renamed to {set_aside(path).name}")
+    for tmp in remove_partial_writes([exp / "models", exp / "training_states"]):
+        log.warning(f"removed {tmp}: a partial file left by an interrupted write")
+
+
+def resume_command(opt_path: str | Path, overrides: list[str] | tuple[str, ...], debug: bool) -> str:
+    """The shell command that continues this run: the same option file, every ``-o`` override
+    (quoted for the shell) and ``--debug``; ``path.resume_state`` is dropped, since
+    ``--auto_resume`` then finds the newest state while it would pin the old one."""
+    args = ["python", "train.py", "-opt", str(opt_path)]
+    for expr in overrides:
+        if expr.split("=", 1)[0].strip() != "path.resume_state":
+            args += ["-o", expr]
+    if debug:
+        args.append("--debug")
+    return shlex.join([*args, "--auto_resume"])
 
 
 # ------------------------------------------------------------------------------ the run
@@ -157,7 +198,7 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
     short debug run (see the module's docstring); a ``debug_`` name is one too."""
     from models.training_loop import TrainingLoop, build_automations
 
-    opt, notice = load_run_options(opt_path, overrides, debug)
+    opt, notice = load_run_options(opt_path, overrides, debug, check=check)
     if check:
         if notice:
             print(f"# {notice}")
@@ -167,28 +208,27 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
 
     rank, world, local_rank = dist.init_distributed(opt.device)
     device = select_device(opt.device, local_rank)
-    exp = opt.experiment_dir
-    resume_path = opt.path.resume_state
-    if resume_path is None and auto_resume:
-        found = latest_state(exp / "training_states")
-        resume_path = str(found) if found else None
-    exp = _prepare_experiment_dir(opt, resuming=resume_path is not None, replace=notice is not None)
+    resume = resume_point(opt, auto_resume)
+    resume_path, state = resume.path, resume.state
+    exp, archived = _prepare_experiment_dir(opt, resuming=resume_path is not None, replace=notice is not None)
     log = setup_logger(exp / f"train_{time.strftime('%Y%m%d_%H%M%S')}.log", main=dist.is_main())
     log.info(f"upforge: {opt.name} on {device} (world size {world}), options {opt.source}")
     if notice:
         log.info(notice)
+    report_start_changes(log, exp, archived, resume)
 
     model, stream, val_loaders = build_run(opt, device)
     writers = open_writers(opt, exp, resuming=resume_path is not None)
-    loop = TrainingLoop(opt, model, stream, val_loaders, build_automations(opt), exp, writers, log)
+    loop = TrainingLoop(opt, model, stream, val_loaders, build_automations(opt), exp, writers, log,
+                        resume_command=resume_command(opt_path, overrides, debug))
     start_iter = 0
-    if resume_path is not None:
-        state = load_training_state(resume_path)
+    if resume_path is not None and state is not None:
         model.load_state_dict(state["model"])
         stream.load_state(state["data"])
         loop.load_state_dict(state.get("loop", {}))
         start_iter = int(state["iter"])
         log.info(f"resumed from {resume_path} at iteration {start_iter}")
+    resume.state = state = None  # loaded into the runner: do not hold a second copy for the whole run
 
     results: dict[str, Any] = {"baselines": {}}
     if opt.val is not None and val_loaders and opt.val.baselines:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from data.prefetcher import build_prefetcher
+
+
+def _plain(value: Any) -> Any:
+    """A numpy scalar (``np.int64(16)``) as the Python number it holds; other values unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def batch_length(batch: dict[str, Any]) -> int:
@@ -74,8 +80,11 @@ class BatchStream:
     # --------------------------------------------------------------------- state
 
     def state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "batches": self.batches,
-                "overrides": dict(self.batch_sampler.overrides)}
+        """Plain Python values only: training states load with ``weights_only=True``, which refuses
+        pickled objects (numpy scalars included), so knob values are stored as Python numbers."""
+        overrides = {k: _plain(v) for k, v in self.batch_sampler.overrides.items()}
+        return {"epoch": int(self.epoch), "position": int(self.position), "batches": int(self.batches),
+                "overrides": overrides}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.epoch = int(state["epoch"])

@@ -8,8 +8,12 @@ Call ``loader.batch_sampler.set_epoch(e)`` before iterating epoch ``e``.
 
 from __future__ import annotations
 
+import builtins
 import functools
+import logging
 import random
+import re
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,11 +21,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from data.image_io import tensor_to_float
+from data.image_io import ImageReadError, tensor_to_float
 from data.resumable_sampler import ResumableBatchSampler, ResumableSampler
 from utils.options import LoaderOptions, head_and_kwargs
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Schedule
+
+logger = logging.getLogger("upforge")
+
+# torch's wrapper around an error raised in a worker process or the pin-memory thread
+# (torch.utils.data._utils ExceptionWrapper.reraise): "Caught <Type> in <where>.\nOriginal Traceback..."
+_WORKER_WRAPPER = re.compile(r"Caught (?P<type>\w+) in (?P<where>[^\n]*?)\.\nOriginal (?P<tb>Traceback .*)", re.S)
+_TRACEBACK_HEAD = "Traceback (most recent call last):"
 
 
 class ShardSampler(Sampler[int]):
@@ -67,6 +78,104 @@ def collate_samples(samples: list[Any]) -> Any:
             values = [v.to(dtype) for v in values]
         batch[key] = default_collate(values)
     return batch
+
+
+class WorkerError(RuntimeError):
+    """An error raised in a DataLoader worker whose type cannot be rebuilt here from its message;
+    the message is ``<Type>: <original message>``."""
+
+
+def unwrap_worker_error(err: BaseException) -> BaseException | None:
+    """The error a DataLoader worker raised, rebuilt without torch's wrapper; None if ``err`` is
+    not such a wrapper.
+
+    torch re-raises a worker's error as ``Caught X in DataLoader worker process N. Original
+    Traceback ...`` followed by the worker's whole traceback, which buries the one line that
+    says what went wrong (and, when X takes more than a message, turns it into a RuntimeError).
+    The rebuilt error has the original type where it can be made from its message (the type is
+    looked up among the modules already imported, nothing is imported), else it is a
+    :class:`WorkerError`; its message is the original one with any notes (a dataset adds the
+    sample's files as a note). The worker's traceback stays on it as ``worker_traceback``.
+    """
+    match = _WORKER_WRAPPER.match(str(err))
+    if match is None:
+        return None
+    traceback_text = match.group("tb")
+    qualname, message = _final_exception(traceback_text)
+    clean = _rebuild(qualname, message) or WorkerError(f"{match.group('type')}: {message}")
+    clean.worker_traceback = traceback_text
+    logger.debug("error in %s; its traceback there:\n%s", match.group("where"), traceback_text)
+    return clean
+
+
+def _final_exception(traceback_text: str) -> tuple[str, str]:
+    """``(qualified type name, message and notes)`` of the last exception of a formatted
+    traceback (the one raised; chained causes come before it)."""
+    lines = traceback_text.rstrip("\n").split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith(_TRACEBACK_HEAD)]
+    i = starts[-1] + 1 if starts else 0
+    while i < len(lines) and lines[i].startswith(" "):  # the frames: "  File ...", code, carets
+        i += 1
+    head, *rest = lines[i:] or [""]
+    qualname, _, first = head.partition(": ")  # "module.Type: message" (just "Type" without one)
+    return qualname, "\n".join([first, *rest])
+
+
+def _rebuild(qualname: str, message: str) -> BaseException | None:
+    """An error of the type named ``qualname`` (``ValueError``, ``data.image_io.ImageReadError``)
+    carrying ``message``, if that type is already imported and can be made from it."""
+    module, _, name = qualname.rpartition(".")
+    cls = getattr(sys.modules.get(module) if module else builtins, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)) or cls is KeyError:  # KeyError quotes its text
+        return None
+    if issubclass(cls, ImageReadError):
+        return cls.from_message(message)
+    try:
+        clean = cls(message)
+    except Exception:  # noqa: BLE001 - a type that needs more than a message: WorkerError instead
+        return None
+    return clean if str(clean) == message else None
+
+
+def next_batch(iterator: Iterator) -> Any:
+    """``next(iterator)``, with a DataLoader worker's error raised as the worker raised it
+    (see :func:`unwrap_worker_error`)."""
+    try:
+        return next(iterator)
+    except StopIteration:
+        raise
+    except Exception as err:
+        clean = unwrap_worker_error(err)
+        if clean is None:
+            raise
+        raise clean from None  # the wrapper adds nothing; the worker's traceback is on the error
+
+
+class _UnwrappingIterator:
+    """A DataLoader iterator whose worker errors come out unwrapped (:func:`next_batch`)."""
+
+    def __init__(self, iterator: Iterator) -> None:
+        self._iterator = iterator
+
+    def __iter__(self) -> _UnwrappingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return next_batch(self._iterator)
+
+    def __len__(self) -> int:
+        return len(self._iterator)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._iterator, name)
+
+
+class SampleLoader(DataLoader):
+    """A DataLoader whose iterators raise a worker's error as the worker raised it, naming the
+    file and the cause, instead of torch's "Caught X in DataLoader worker process N" wrapper."""
+
+    def __iter__(self) -> _UnwrappingIterator:
+        return _UnwrappingIterator(super().__iter__())
 
 
 def _mix_seed(*parts: int) -> int:
@@ -130,8 +239,8 @@ def build_dataloader(
     generator = torch.Generator()
     generator.manual_seed(_mix_seed(seed, rank, 0))
     if phase != "train":
-        return DataLoader(dataset, batch_size=1, sampler=ShardSampler(n, rank, world_size), generator=generator,
-                          **common)
+        return SampleLoader(dataset, batch_size=1, sampler=ShardSampler(n, rank, world_size), generator=generator,
+                            **common)
     sampler = ResumableSampler(n, seed, True, rank, world_size, dataset_enlarge_ratio)
     if len(sampler) < max(sizes):
         raise ValueError(
@@ -140,7 +249,7 @@ def build_dataloader(
             f"is fewer than batch_size {max(sizes)}; with drop_last no batch would be made"
         )
     batches = ResumableBatchSampler(sampler, batch_size, getattr(dataset, "schedules", {}), accumulate)
-    return DataLoader(dataset, batch_sampler=batches, generator=generator, collate_fn=collate_samples, **common)
+    return SampleLoader(dataset, batch_sampler=batches, generator=generator, collate_fn=collate_samples, **common)
 
 
 def build_loaders(opt: Any, device: torch.device) -> tuple[Any, dict[str, DataLoader]]:

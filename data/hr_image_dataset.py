@@ -10,7 +10,7 @@ from data.degradations import DropoutOptions, JpegOptions
 from data.image_io import to_float
 from data.imresize import imresize
 from data.lmdb_backend import IoBackend
-from data.paired_image_dataset import SRImageDatasetBase, center_crop_pair
+from data.paired_image_dataset import SizeProbe, SRImageDatasetBase, center_crop_pair
 from data.transforms import augment, mod_crop, random_crop
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Scheduled
@@ -86,6 +86,28 @@ class HRImageDataset(SRImageDatasetBase):
         self.gt_paths = self._list(dataroot_gt, "dataroot_gt")
         self._keep_indices(indices)
         self._filter_meta_info(meta_info_file)
+        self._check_images()
+
+    def _eval_gt(self, gt: np.ndarray, gt_path: Path) -> np.ndarray:
+        """Validation/test: the whole gt mod-cropped to a multiple of ``scale``, or its centre crop."""
+        gt = mod_crop(gt, self.scale)
+        if gt.shape[0] == 0 or gt.shape[1] == 0:
+            raise ValueError(f"image '{gt_path}' is smaller than scale {self.scale}")
+        if self.center_crop is not None:
+            gt = center_crop_pair(gt, None, self.center_crop, self.scale, gt_path)[0]
+        return gt
+
+    def verify(self, index: int) -> None:
+        gt_path = self.gt_paths[index]
+        self._eval_gt(self.read(gt_path), gt_path)
+
+    def patch_fit(self, index: int, probe: SizeProbe) -> tuple[int, str] | None:
+        gt_path = self.gt_paths[index]
+        size = probe(gt_path)
+        if size is None:
+            return None
+        h, w = size
+        return min(h, w), f"'{gt_path}' is {h}x{w} (HxW)"
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
         gt_path = self.gt_paths[index]
@@ -94,10 +116,6 @@ class HRImageDataset(SRImageDatasetBase):
             gt = random_crop(gt, int(self.option("gt_size")), rng, gt_path)
             gt = augment([gt], self.use_hflip, self.use_rot, rng, self.option("aug_prob"))[0]
         else:
-            gt = mod_crop(gt, self.scale)
-            if gt.shape[0] == 0 or gt.shape[1] == 0:
-                raise ValueError(f"image '{gt_path}' is smaller than scale {self.scale}")
-            if self.center_crop is not None:
-                gt = center_crop_pair(gt, None, self.center_crop, self.scale, gt_path)[0]
+            gt = self._eval_gt(gt, gt_path)
         lq = np.clip(imresize(to_float(gt), 1.0 / self.scale), 0.0, 1.0)
         return gt, lq, gt_path, gt_path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 _NPY_MAGIC = b"\x93NUMPY"
 _TIFF_SAMPLES_PER_PIXEL = 277
+_TIFF_IMAGE_WIDTH, _TIFF_IMAGE_LENGTH = 256, 257
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers, which carry the image size: C0-CF but DHT (C4), JPG (C8) and DAC (CC)
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 class ImageReadError(OSError):
@@ -33,6 +38,17 @@ class ImageReadError(OSError):
     def __reduce__(self) -> tuple:
         # Keeps the error picklable, so it crosses DataLoader worker processes intact.
         return (type(self), (self.path, self.reason))
+
+    @classmethod
+    def from_message(cls, message: str) -> ImageReadError | None:
+        """The error whose ``str`` is ``message``, or None when ``message`` is not one.
+
+        A DataLoader worker hands its errors over as text only (torch keeps the type and the
+        formatted traceback), so this rebuilds the error, path and reason included, on the
+        loader's side (see :func:`data.data_loader.unwrap_worker_error`).
+        """
+        match = re.fullmatch(r"cannot read image '(.*?)': (.*)", message, re.S)
+        return cls(match.group(1), match.group(2)) if match else None
 
 
 class ChannelCountError(ValueError):
@@ -190,24 +206,45 @@ def _tiff_samples_per_pixel(raw: np.ndarray) -> int | None:
     Read by hand because OpenCV does not report it: it rejects 5+ bands with a generic error
     and decodes 2-4 gray+extra-sample bands as a single gray channel.
     """
-    head = raw[:8].tobytes()
+    ifd = _tiff_first_ifd(_bytes_reader(raw.data))
+    if ifd is None:
+        return None
+    return _tiff_tag(*ifd, _TIFF_SAMPLES_PER_PIXEL, default=1)
+
+
+ReadAt = Callable[[int, int], bytes]
+"""``read_at(offset, n)``: up to ``n`` bytes of a file or buffer from ``offset`` (fewer at its end)."""
+
+
+def _bytes_reader(data: bytes | memoryview) -> ReadAt:
+    return lambda offset, n: bytes(data[offset : offset + n])
+
+
+def _tiff_first_ifd(read_at: ReadAt) -> tuple[str, bytes] | None:
+    """The byte order and the 12-byte entries of a classic TIFF's first image directory; None
+    when it is not one (BigTIFF included) or the directory is cut short."""
+    head = read_at(0, 8)
     order = {b"II*\0": "<", b"MM\0*": ">"}.get(head[:4])
     if len(head) < 8 or order is None:
         return None
-    buf = raw.data
-    (ifd,) = struct.unpack(order + "I", head[4:8])
-    if ifd + 2 > len(raw):
+    (offset,) = struct.unpack(order + "I", head[4:8])
+    raw_count = read_at(offset, 2)
+    if len(raw_count) < 2:
         return None
-    (count,) = struct.unpack_from(order + "H", buf, ifd)
-    for k in range(count):
-        offset = ifd + 2 + 12 * k
-        if offset + 12 > len(raw):
-            return None
-        tag, kind, _ = struct.unpack_from(order + "HHI", buf, offset)
-        if tag == _TIFF_SAMPLES_PER_PIXEL:
+    (count,) = struct.unpack(order + "H", raw_count)
+    entries = read_at(offset + 2, 12 * count)
+    return (order, entries) if len(entries) == 12 * count else None
+
+
+def _tiff_tag(order: str, entries: bytes, tag: int, default: int | None = None) -> int | None:
+    """The value of a SHORT or LONG ``tag`` among ``entries``; ``default`` when the tag is absent,
+    None when it holds another type."""
+    for offset in range(0, len(entries), 12):
+        found, kind, _ = struct.unpack_from(order + "HHI", entries, offset)
+        if found == tag:
             fmt = {3: "H", 4: "I"}.get(kind)
-            return struct.unpack_from(order + fmt, buf, offset + 8)[0] if fmt else None
-    return 1  # the TIFF default
+            return struct.unpack_from(order + fmt, entries, offset + 8)[0] if fmt else None
+    return default
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -265,6 +302,124 @@ def _stack_item(stack: Path, index: int) -> np.ndarray:
     if index >= arr.shape[0]:
         raise ImageReadError(name, f"the stack holds {arr.shape[0]} images, there is no item {index}")
     return _to_hwc(arr[index], name)
+
+
+# ---------------------------------------------------------------- sizes without decoding
+
+
+def header_size(path: str | Path, stack_shapes: dict[Path, tuple[int, ...]] | None = None) -> tuple[int, int] | None:
+    """``(height, width)`` of an image read from its header, without decoding the pixels.
+
+    PNG (IHDR), JPEG (the start-of-frame segment), BMP and classic TIFF headers are read,
+    ``.npy`` files and stack items by their array header. None for anything else (WebP, ...)
+    and for a file whose header is missing or damaged: reading the image names the problem.
+    Cheap enough for every file of a large training set: a few small reads per file.
+    ``stack_shapes``, a dict kept by the caller, remembers each stack's shape, so the items of
+    a large stack do not open it one by one.
+    """
+    path = Path(path)
+    try:
+        item = split_stack_item(path) if not path.is_file() else None
+        if item is not None:
+            stacks = {} if stack_shapes is None else stack_shapes
+            if item[0] not in stacks:
+                stacks[item[0]] = _load_npy(item[0]).shape
+            shape = stacks[item[0]]
+            return _array_hw(shape[1:]) if len(shape) == 4 else None
+        if path.suffix.lower() == ".npy":
+            return _array_hw(_load_npy(path).shape)
+        with open(path, "rb") as f:
+            def read_at(offset: int, n: int) -> bytes:
+                f.seek(offset)
+                return f.read(n)
+
+            return _size_from_header(read_at)
+    except (OSError, ValueError, struct.error):  # ImageReadError is an OSError
+        return None
+
+
+def header_size_of_bytes(data: bytes | memoryview) -> tuple[int, int] | None:
+    """:func:`header_size` for an encoded image held in memory (e.g. an LMDB value)."""
+    try:
+        return _size_from_header(_bytes_reader(data))
+    except (ValueError, struct.error):
+        return None
+
+
+def _array_hw(shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """``(height, width)`` of an HW, HWC or CHW array shape, by :func:`_to_hwc`'s rule."""
+    if len(shape) == 2:
+        return int(shape[0]), int(shape[1])
+    if len(shape) != 3 or shape[0] == shape[2]:
+        return None
+    return (int(shape[0]), int(shape[1])) if shape[2] < shape[0] else (int(shape[1]), int(shape[2]))
+
+
+def _size_from_header(read_at: ReadAt) -> tuple[int, int] | None:
+    head = read_at(0, 32)
+    if head.startswith(_PNG_SIGNATURE):
+        return _png_size(head)
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_size(read_at)
+    if head.startswith(b"BM"):
+        return _bmp_size(head)
+    if head[:4] in (b"II*\0", b"MM\0*"):
+        return _tiff_size(read_at)
+    return None
+
+
+def _png_size(head: bytes) -> tuple[int, int] | None:
+    # signature (8), chunk length (4), "IHDR" (4), width (4), height (4), big-endian
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return _positive(height, width)
+
+
+def _jpeg_size(read_at: ReadAt) -> tuple[int, int] | None:
+    """Walk the marker segments from SOI to the first start-of-frame; EXIF or ICC segments before it
+    are skipped by their length, not read."""
+    pos = 2
+    for _ in range(4096):  # a real file reaches its frame header after a few dozen segments
+        head = read_at(pos, 4)
+        if len(head) < 2 or head[0] != 0xFF:
+            return None
+        marker = head[1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+        elif marker in _JPEG_SOF:
+            frame = read_at(pos + 5, 4)  # after marker (2), length (2), precision (1)
+            return _positive(*struct.unpack(">HH", frame)) if len(frame) == 4 else None
+        elif marker in (0xD9, 0xDA) or len(head) < 4:  # end of image / scan data before any frame
+            return None
+        else:
+            pos += 2 + struct.unpack(">H", head[2:4])[0]
+    return None
+
+
+def _bmp_size(head: bytes) -> tuple[int, int] | None:
+    if len(head) < 26:
+        return None
+    (dib,) = struct.unpack("<I", head[14:18])
+    if dib == 12:  # the old OS/2 header holds 16-bit sides
+        width, height = struct.unpack("<HH", head[18:22])
+    else:
+        width, height = struct.unpack("<ii", head[18:26])
+    return _positive(abs(height), width)  # a negative height means rows stored top-down
+
+
+def _tiff_size(read_at: ReadAt) -> tuple[int, int] | None:
+    ifd = _tiff_first_ifd(read_at)
+    if ifd is None:
+        return None
+    height, width = _tiff_tag(*ifd, _TIFF_IMAGE_LENGTH), _tiff_tag(*ifd, _TIFF_IMAGE_WIDTH)
+    return _positive(height, width) if height is not None and width is not None else None
+
+
+def _positive(height: int, width: int) -> tuple[int, int] | None:
+    return (int(height), int(width)) if height > 0 and width > 0 else None
 
 
 def fit_channels(
@@ -397,9 +552,16 @@ def img2tensor(img: np.ndarray) -> torch.Tensor:
 
 
 def tensor_to_float(t: torch.Tensor) -> torch.Tensor:
-    """uint8 image tensors → float32 in [0, 1] (memory format kept); float tensors unchanged."""
+    """uint8 (/255) and uint16 (/65535) image tensors → float32 in [0, 1] (memory format kept);
+    anything else unchanged.
+
+    Each tensor is divided by its own type's peak, never by a batch's: an 8-bit level of 255
+    and a 16-bit level of 65535 both become 1.0.
+    """
     if t.dtype == torch.uint8:
         return t.float().div_(255.0)
+    if t.dtype == torch.uint16:  # datasets here never make them (img2tensor), other code may
+        return t.float().div_(65535.0)
     return t
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import ConfigDict, with_config
 from typing_extensions import TypedDict
 
-from data.image_io import SUPPORTED_DTYPES, ImageReadError
+from data.image_io import SUPPORTED_DTYPES, ImageReadError, header_size_of_bytes
 
 META_INFO = "meta_info.txt"
 IO_BACKENDS = ("disk", "lmdb")
@@ -221,6 +221,16 @@ class LmdbReader:
         if raw is None:
             raise ImageReadError(name, f"key {key!r} is not stored in LMDB '{self.root}'")
         return decode_image(raw, name)
+
+    def header_size(self, key: str) -> tuple[int, int] | None:
+        """``(height, width)`` of the image stored under ``key``, from its header (PNG, JPEG, ...)
+        without decoding it or copying the value; None when the key is missing or the header
+        does not tell."""
+        if key not in self._name_of:
+            return None
+        with self._environment().begin(buffers=True) as txn:
+            raw = txn.get(key.encode("utf-8"))  # a view into the map, valid inside the transaction only
+            return None if raw is None else header_size_of_bytes(raw)
 
     def __getstate__(self) -> dict[str, Any]:
         # An lmdb Environment cannot be pickled; the receiving process opens its own.

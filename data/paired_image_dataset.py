@@ -15,6 +15,7 @@ from data.degradations import DropoutOptions, JpegOptions, check_dropout, check_
 from data.image_io import (
     ImageReadError,
     fit_channels,
+    header_size,
     img2tensor,
     list_images,
     read_image,
@@ -29,6 +30,10 @@ from utils.schedule import Schedule, Scheduled, as_schedule, integer_schedule
 logger = logging.getLogger("upforge")
 
 PHASES = ("train", "val", "test")
+
+#: training images whose size no header tells (WebP, ...) decoded at build to check it, at most;
+#: the rest are checked when they are cropped
+SIZE_DECODE_LIMIT = 64
 
 
 class SRImageDatasetBase(Dataset):
@@ -47,6 +52,13 @@ class SRImageDatasetBase(Dataset):
     ``io_backend`` ``{type: lmdb}`` reads BasicSR LMDB folders instead of image folders: subclasses
     list a dataroot with :meth:`_list`, whose "paths" are then ``<root>.lmdb/<name>`` for the
     names its ``meta_info.txt`` lists, and :meth:`read` reads them from the LMDB.
+
+    What would stop a run later is found when the dataset is built (subclasses end their
+    ``__init__`` with :meth:`_check_images`): a validation/test set reads every image (they are
+    small; a corrupt file, a wrong channel count or a mismatched pair is named at once, not at
+    the first validation); a training set reads every image's size from its header, never its
+    pixels, and refuses images smaller than the largest ``gt_size`` it will crop. Unreadable
+    training images are still skipped with a warning when they are read.
     """
 
     #: options that may change during a run (a schedule in the option file, or an automation)
@@ -68,6 +80,9 @@ class SRImageDatasetBase(Dataset):
         self.phase = phase
         self.use_hflip = use_hflip
         self.use_rot = use_rot
+        # (the largest gt_size every training image allows, the image that limits it); set by
+        # _check_images, then checked against gt_size changes during the run (check_knob)
+        self._patch_limit: tuple[int, str] | None = None
         self.channels = self._check_channels(channels)
         self.value_scale = self._check_value_scale(value_scale)
         self.center_crop = self._check_center_crop(center_crop)
@@ -80,10 +95,13 @@ class SRImageDatasetBase(Dataset):
         # to the batch sampler, which evaluates them per batch and passes the values with the indices.
         self.schedules: dict[str, Schedule] = {}
         self.gt_size = None
+        self._gt_sizes: list[int] = []  # every value the gt_size schedule takes
         if phase == "train":
             if gt_size is None:
                 raise ValueError(f"{name}: gt_size is required when phase is 'train'")
-            self.gt_size = self._schedule("gt_size", integer_schedule(gt_size, f"{name}: gt_size"))
+            sizes = integer_schedule(gt_size, f"{name}: gt_size")
+            self._gt_sizes = sorted({int(v) for v in sizes.values()})
+            self.gt_size = self._schedule("gt_size", sizes)
         self.aug_prob = self._schedule("aug_prob", as_schedule(aug_prob))
         self.gt_paths: list[Path] = []
         self._knobs: dict[str, Any] = {}
@@ -137,10 +155,36 @@ class SRImageDatasetBase(Dataset):
         ``<root>.lmdb/<name>`` sorted like a folder listing, so ``indices`` and the pairing
         mean the same for an LMDB made from a folder as for the folder."""
         if self.io_backend == "disk":
-            return list_images(root)
+            path = self._check_dataroot(root, option)
+            try:
+                return list_images(path)
+            except (FileNotFoundError, NotADirectoryError) as err:  # e.g. a folder without images
+                raise type(err)(f"{type(self).__name__}: {option}: {err}") from err
         reader = LmdbReader(root, f"{type(self).__name__}: {option}")
         self._lmdb[reader.root] = reader
         return sorted(map(reader.path_of, reader.keys()))
+
+    def _check_dataroot(self, root: str, option: str) -> Path:
+        """``root`` as a Path, after checking it is what a disk dataroot can be: a folder of
+        images, or a ``.npy`` file (a stack of images, or one image); a clear error naming the
+        option otherwise (the option-file check says the same; this one guards datasets built
+        in Python)."""
+        where = f"{type(self).__name__}: {option} '{root}'"
+        path = Path(root)
+        if not path.exists():
+            raise FileNotFoundError(f"{where} does not exist")
+        if path.is_dir():
+            if (path / "data.mdb").is_file():
+                raise ValueError(f"{where} is an LMDB folder; read it with io_backend: {{type: lmdb}}")
+            return path
+        if path.suffix.lower() != ".npy":
+            raise NotADirectoryError(f"{where} is a file, not a folder of images; a dataroot is a folder, a .npy "
+                                     "stack (a 4-D array), or with io_backend lmdb a *.lmdb folder")
+        try:
+            list_images(path)  # reads the .npy header only
+        except ImageReadError as err:
+            raise ValueError(f"{where} is not a usable .npy file: {err.reason}") from err
+        return path
 
     def _lmdb_key(self, path: Path) -> tuple[LmdbReader, str]:
         """The reader and key of an LMDB image path made by :meth:`_list`."""
@@ -165,6 +209,80 @@ class SRImageDatasetBase(Dataset):
             img = read_image(path, keep_channels=True, as_float=False, value_scale=self.value_scale)
         return fit_channels(img, self.channels, path)
 
+    def header_size(self, path: Path, stack_shapes: dict[Path, tuple[int, ...]] | None = None
+                    ) -> tuple[int, int] | None:
+        """``(height, width)`` of an image from its header (no pixels decoded); None when the
+        header does not tell (see :func:`~data.image_io.header_size`, which takes ``stack_shapes``)."""
+        if self._lmdb:
+            reader, key = self._lmdb_key(path)
+            return reader.header_size(key)
+        return header_size(path, stack_shapes)
+
+    def decoded_size(self, path: Path) -> tuple[int, int]:
+        """``(height, width)`` of an image, decoding it."""
+        if self._lmdb:
+            reader, key = self._lmdb_key(path)
+            return reader.read(key).shape[:2]
+        return read_image(path, keep_channels=True, as_float=False).shape[:2]
+
+    # ----------------------------------------------------------- checks at build
+
+    def _check_images(self) -> None:
+        """Find at build what would otherwise stop the run later (see the class docstring).
+        Subclasses call it at the end of ``__init__``, once their paths are final."""
+        if self.phase == "train":
+            self._check_patch_sizes()
+            return
+        for index in range(len(self)):
+            try:
+                self.verify(index)
+            except Exception as err:
+                err.add_note(f"{type(self).__name__} ({self.phase}): every image of a {self.phase} set is read "
+                             "when the dataset is built, so a bad one is found at start-up, not when it is used")
+                raise
+
+    def verify(self, index: int) -> None:
+        """Validation/test: read sample ``index`` and check it as :meth:`load` would (channels,
+        pairing, sizes) without making it; raise on anything wrong."""
+        raise NotImplementedError
+
+    def patch_fit(self, index: int, probe: SizeProbe) -> tuple[int, str] | None:
+        """Training: the largest ``gt_size`` sample ``index`` allows (from its images' headers)
+        and a description of the image that limits it, naming it and its size; None when its
+        sizes are unknown. May raise when the sizes show the sample cannot be made at all."""
+        raise NotImplementedError
+
+    def _check_patch_sizes(self) -> None:
+        """Every training sample holds the largest gt_size patch the schedule will crop.
+
+        Sizes come from the image headers, so a large training set costs a few small reads per
+        file at start-up, never a decode (formats without a readable header: up to
+        SIZE_DECODE_LIMIT decodes). Images that are smaller are an error naming them, even when
+        the others fit: leaving them out silently would train on a different set than the one
+        asked for.
+        """
+        name, gt_size = type(self).__name__, max(self._gt_sizes)
+        probe = SizeProbe(self)
+        small: list[str] = []
+        for index in range(len(self)):
+            fit = self.patch_fit(index, probe)
+            if fit is None:
+                continue
+            if self._patch_limit is None or fit[0] < self._patch_limit[0]:
+                self._patch_limit = fit
+            if fit[0] < gt_size:
+                small.append(fit[1])
+        if probe.unchecked:
+            logger.info("%s: the sizes of %d training images were not checked at start-up (no header to read "
+                        "them from); one smaller than gt_size stops training when it is cropped", name,
+                        probe.unchecked)
+        if small:
+            schedule = " (the largest value of its schedule)" if len(self._gt_sizes) > 1 else ""
+            shown = "; ".join(small[:5]) + ("; ..." if len(small) > 5 else "")
+            raise ValueError(f"{name}: {len(small)} of {len(self)} training images are too small for gt_size "
+                             f"{gt_size}{schedule}: {shown}. Lower gt_size, or leave them out (indices, "
+                             "meta_info_file)")
+
     def _schedule(self, option: str, sched: Schedule) -> Any:
         for value in sched.values():
             self.check_knob(option, value)
@@ -180,6 +298,9 @@ class SRImageDatasetBase(Dataset):
             raise ValueError(f"{name}: gt_size must be a positive multiple of scale {self.scale}, got {value!r}")
         if option == "aug_prob" and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name}: aug_prob must be in [0, 1], got {value!r}")
+        if option == "gt_size" and self._patch_limit is not None and value > self._patch_limit[0]:
+            raise ValueError(f"{name}: gt_size {value} is too large for the training images: "
+                             f"{self._patch_limit[1]}")
 
     def option(self, name: str) -> Any:
         """A live option's value for the sample being made (its knob, else the default)."""
@@ -224,6 +345,21 @@ class SRImageDatasetBase(Dataset):
             gt_t, lq_t = tensor_to_float(gt_t), tensor_to_float(lq_t)
         return {"lq": lq_t, "gt": gt_t, "lq_path": str(lq_path), "gt_path": str(gt_path)}
 
+    def _make(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+        """:meth:`_sample`; an error that does not name the sample's files gets a note naming
+        them, which a DataLoader worker's error shows too (see data.data_loader.SampleLoader)."""
+        try:
+            return self._sample(index, rng)
+        except ImageReadError:  # names its file
+            raise
+        except Exception as err:
+            paths = [str(self.gt_paths[index]), str(getattr(self, "lq_paths", self.gt_paths)[index])]
+            paths = list(dict.fromkeys(paths))
+            if not any(p in str(err) for p in paths):
+                err.add_note(f"while making sample {index} of {type(self).__name__} from "
+                             + " and ".join(f"'{p}'" for p in paths))
+            raise
+
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
         """``item`` is an index, an ``(index, sample_seed)`` pair from a seeding sampler, or an
         ``(index, sample_seed, knobs)`` triple whose knobs set live options for this sample."""
@@ -238,7 +374,7 @@ class SRImageDatasetBase(Dataset):
         if not 0 <= index < n:
             raise IndexError(f"{type(self).__name__}: index {index} out of range for {n} images")
         if self.phase != "train":
-            return self._sample(index, None)
+            return self._make(index, None)
 
         if seed is None:
             # Seeded from torch's RNG so torch.manual_seed and DataLoader worker seeding decide
@@ -250,7 +386,7 @@ class SRImageDatasetBase(Dataset):
             if i in self._unreadable:
                 continue
             try:
-                return self._sample(i, rng)
+                return self._make(i, rng)
             except ImageReadError as err:
                 self._unreadable.add(i)
                 self.num_skipped += 1
@@ -261,16 +397,47 @@ class SRImageDatasetBase(Dataset):
         )
 
 
-def align_pair(gt: np.ndarray, lq: np.ndarray, scale: int, gt_path: Path, lq_path: Path) -> np.ndarray:
-    """Mod-crop ``gt`` so its size is exactly ``scale`` x lq's; error if they cannot match."""
-    h_lq, w_lq = lq.shape[:2]
-    h_gt, w_gt = gt.shape[:2]
+class SizeProbe:
+    """``(height, width)`` of a dataset's images for the checks at build: from the headers, and
+    for images without a readable one by decoding them, at most ``decode_limit`` of them
+    (``unchecked`` counts the rest). None for an image that cannot be read: a training set
+    skips it, with a warning, when it comes to read it."""
+
+    def __init__(self, dataset: SRImageDatasetBase, decode_limit: int = SIZE_DECODE_LIMIT) -> None:
+        self.dataset = dataset
+        self.decodes_left = decode_limit
+        self.unchecked = 0
+        self._stack_shapes: dict[Path, tuple[int, ...]] = {}
+
+    def __call__(self, path: Path) -> tuple[int, int] | None:
+        size = self.dataset.header_size(path, self._stack_shapes)
+        if size is not None:
+            return size
+        if self.decodes_left <= 0:
+            self.unchecked += 1
+            return None
+        self.decodes_left -= 1
+        try:
+            return self.dataset.decoded_size(path)
+        except ImageReadError:
+            return None
+
+
+def check_pair_sizes(gt_hw: tuple[int, ...], lq_hw: tuple[int, ...], scale: int, gt_path: Path,
+                     lq_path: Path) -> None:
+    """Raise unless gt is ``scale`` x lq, up to ``scale - 1`` extra pixels (cut by the mod-crop)."""
+    (h_gt, w_gt), (h_lq, w_lq) = gt_hw[:2], lq_hw[:2]
     if h_gt // scale != h_lq or w_gt // scale != w_lq:
         raise ValueError(
             f"size mismatch at scale {scale}: gt '{gt_path}' is {h_gt}x{w_gt} (HxW) but lq "
             f"'{lq_path}' is {h_lq}x{w_lq}; gt should be {h_lq * scale}x{w_lq * scale} "
             f"(or up to {scale - 1} pixels larger before mod-crop)"
         )
+
+
+def align_pair(gt: np.ndarray, lq: np.ndarray, scale: int, gt_path: Path, lq_path: Path) -> np.ndarray:
+    """Mod-crop ``gt`` so its size is exactly ``scale`` x lq's; error if they cannot match."""
+    check_pair_sizes(gt.shape, lq.shape, scale, gt_path, lq_path)
     return mod_crop(gt, scale)
 
 
@@ -422,12 +589,36 @@ class PairedImageDataset(SRImageDatasetBase):
             self.lq_paths = match_lq_files(self.gt_paths, lq_paths, filename_tmpl, scale, dataroot_lq, self.stem)
         self._keep_indices(indices)
         self._filter_meta_info(meta_info_file)
+        self._check_images()
 
-    def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
+    def _read_pair(self, index: int) -> tuple[np.ndarray, np.ndarray, Path, Path]:
+        """Sample ``index``'s gt (mod-cropped to exactly ``scale`` x lq) and lq."""
         gt_path, lq_path = self.gt_paths[index], self.lq_paths[index]
         gt = self.read(gt_path)
         lq = self.read(lq_path)
-        gt = align_pair(gt, lq, self.scale, gt_path, lq_path)
+        return align_pair(gt, lq, self.scale, gt_path, lq_path), lq, gt_path, lq_path
+
+    def verify(self, index: int) -> None:
+        gt, lq, gt_path, _ = self._read_pair(index)
+        if self.center_crop is not None:
+            center_crop_pair(gt, lq, self.center_crop, self.scale, gt_path)
+
+    def patch_fit(self, index: int, probe: SizeProbe) -> tuple[int, str] | None:
+        gt_path, lq_path = self.gt_paths[index], self.lq_paths[index]
+        gt, lq = probe(gt_path), probe(lq_path)
+        if gt is not None and lq is not None:
+            check_pair_sizes(gt, lq, self.scale, gt_path, lq_path)
+        if lq is not None:  # the gt patch is cut where the lq patch is, times scale
+            kind, path, (h, w), largest = "lq", lq_path, lq, min(lq) * self.scale
+        elif gt is not None:
+            kind, path, (h, w), largest = "gt", gt_path, gt, min(gt) // self.scale * self.scale
+        else:
+            return None
+        return largest, (f"{kind} '{path}' is {h}x{w} (HxW), which allows gt_size up to {largest} "
+                         f"at scale {self.scale}")
+
+    def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
+        gt, lq, gt_path, lq_path = self._read_pair(index)
         if rng is not None:
             gt, lq = paired_random_crop(gt, lq, int(self.option("gt_size")), self.scale, rng, gt_path)
             gt, lq = augment([gt, lq], self.use_hflip, self.use_rot, rng, self.option("aug_prob"))

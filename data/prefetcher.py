@@ -7,15 +7,19 @@ from typing import Any
 
 import torch
 
+from data.data_loader import next_batch
 from data.image_io import tensor_to_float
 
 
 def batch_to_device(
     batch: dict[str, Any], device: torch.device | None, channels_last: bool, non_blocking: bool
 ) -> dict[str, Any]:
-    """Move tensors (only) to ``device``, 4-D ones to channels_last if asked, uint8 images to float.
+    """Move tensors (only) to ``device``, 4-D ones to channels_last if asked, uint8 (and uint16)
+    images to float in [0, 1].
 
     Converting after the copy moves a quarter of the bytes and does the division on the device.
+    A batch arrives here in one dtype per key (the collate function puts a batch mixing 8-bit and
+    16-bit files on the float scale), so dividing by that dtype's peak is right for every sample.
     """
     out: dict[str, Any] = {}
     for key, value in batch.items():
@@ -43,7 +47,7 @@ class CPUPrefetcher:
 
     def next(self) -> dict[str, Any] | None:
         try:
-            batch = next(self._iter)
+            batch = next_batch(self._iter)  # a worker's error comes out as the worker raised it
         except StopIteration:
             return None
         return batch_to_device(batch, self.device, self.channels_last, non_blocking=False)
@@ -68,7 +72,7 @@ class CUDAPrefetcher:
 
     def _preload(self) -> None:
         try:
-            batch = next(self._iter)
+            batch = next_batch(self._iter)  # a worker's error comes out as the worker raised it
         except StopIteration:
             self._batch = None
             return

@@ -18,7 +18,7 @@ from utils.ema import ModelEMA
 from utils.logger import get_logger
 from utils.options import MetricEntry, Options, head_and_kwargs
 from utils.registry import ARCH_REGISTRY, METRIC_REGISTRY, OPTIMIZER_REGISTRY, SCHEDULER_REGISTRY
-from utils.weights import load_network, network_metadata
+from utils.weights import load_network, network_metadata, unwrap_model
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -257,19 +257,46 @@ class BaseModel(ValidationMixin):
             self._log_sums[key] = value.clone()
             self._log_counts[key] = 1
 
-    def check_finite(self, iteration: int) -> None:
-        """Raise on every rank if any rank's loss went NaN/inf since the start (a collective under
-        DDP: all ranks call it at the same steps, before any save)."""
-        flag = self._nonfinite.to(torch.int32)
+    def _checkpoint_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """(``label.key``, tensor) of every floating-point tensor the weight files hold."""
+        return [(f"{label}.{key}", t.detach()) for label, net in self.checkpoint_nets().items()
+                for key, t in unwrap_model(net).state_dict().items() if t.is_floating_point() and t.numel()]
+
+    def _weights_nonfinite(self) -> torch.Tensor:
+        """A device bool: some checkpointed tensor holds NaN or inf (no host sync)."""
+        tensors = [t for _, t in self._checkpoint_tensors()]
+        if not tensors:
+            return torch.zeros((), dtype=torch.bool, device=self.device)
+        # the inf-norm propagates NaN and inf: a tensor is finite exactly when its max |value| is
+        peaks = torch.stack([n.float().to(self.device) for n in torch._foreach_norm(tensors, float("inf"))])
+        return ~torch.isfinite(peaks).all()
+
+    def nonfinite_weight(self) -> str | None:
+        """``label.key`` of the first checkpointed tensor holding NaN or inf, else None (host syncs:
+        for the error message only)."""
+        return next((name for name, t in self._checkpoint_tensors() if not bool(torch.isfinite(t).all())), None)
+
+    def check_finite(self, iteration: int, weights: bool = False) -> None:
+        """Raise on every rank if any rank's loss went NaN/inf since the start or (``weights``) a
+        checkpointed weight (trained networks, EMA) is NaN/inf. A collective under DDP: all ranks
+        call it at the same steps. Called at logging steps and, with ``weights``, before every
+        validation and save, so no step between two checks needs a host sync."""
+        no = torch.zeros((), dtype=torch.bool, device=self.device)
+        flags = torch.stack([self._nonfinite, self._weights_nonfinite() if weights else no]).to(torch.int32)
         if dist.is_dist():
-            flag = flag.clone()
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if bool(flag):
-            raise NonFiniteLossError(
-                f"the training loss became NaN or inf before iteration {iteration}; nothing was saved after that "
-                "and earlier checkpoints are untouched. Try a lower learning rate, train.grad_clip, amp: bf16 "
-                "instead of fp16, or check the training images."
-            )
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        loss_bad, weights_bad = (bool(v) for v in flags.tolist())  # the one host sync
+        if not (loss_bad or weights_bad):
+            return
+        if loss_bad:
+            what = "the training loss"
+        else:
+            what = f"the weights ({self.nonfinite_weight() or 'on another rank'})"
+        raise NonFiniteLossError(
+            f"{what} became NaN or inf before iteration {iteration}; nothing was saved after that "
+            "and earlier checkpoints are untouched. Try a lower learning rate, train.grad_clip, amp: bf16 "
+            "instead of fp16, or check the training images."
+        )
 
     def pop_logs(self, iteration: int) -> dict[str, float]:
         """Mean of each logged term since the last call, averaged over ranks; raises if anything
@@ -320,10 +347,12 @@ class BaseModel(ValidationMixin):
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
-            "best": self.best,
+            # plain values only (the state loads with weights_only): metric values as Python floats
+            "best": {ds: {name: {k: float(v) if k == "value" else v for k, v in entry.items()}
+                          for name, entry in table.items()} for ds, table in self.best.items()},
             "rng": rng_state(),
             # running log sums: a resume between two logging steps must average the same steps
-            "logs": {k: (v.cpu(), self._log_counts[k]) for k, v in self._log_sums.items()},
+            "logs": {k: (v.cpu(), int(self._log_counts[k])) for k, v in self._log_sums.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

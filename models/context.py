@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from models.base_model import unwrap_ddp
-from utils import dist
 from utils.weights import save_network
 
 if TYPE_CHECKING:
@@ -198,11 +197,13 @@ class TrainingContext:
         return self._loop.propose_best(net, metrics, source)
 
     def save_weights(self, label: str, net: nn.Module, metadata: dict[str, str] | None = None) -> None:
-        """Write ``models/<label>.safetensors`` (rank 0), with the network's description in its
-        metadata (see :meth:`BaseModel.weight_metadata`) under ``metadata``."""
-        if dist.is_main():
-            meta = {**self._loop.model.weight_metadata(label, self.iteration), **(metadata or {})}
-            save_network(net, self._loop.exp / "models" / f"{label}.safetensors", metadata=meta)
+        """Write ``models/<label>.safetensors`` (rank 0 writes; every rank calls it), with the
+        network's description in its metadata (see :meth:`BaseModel.weight_metadata`) under
+        ``metadata``. NaN or inf weights are refused and a failed write raises on every rank."""
+        meta = {**self._loop.model.weight_metadata(label, self.iteration), **(metadata or {})}
+        path = self._loop.exp / "models" / f"{label}.safetensors"
+        # through the loop: under DDP a failed write on rank 0 then stops every rank
+        self._loop.write_on_main(str(path), lambda: save_network(net, path, metadata=meta))
 
     # ----------------------------------------------------------------- logging
 

@@ -7,6 +7,7 @@ weight files; automations act through a :class:`~models.context.TrainingContext`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from models.automations.base import Automation
 from models.context import TrainingContext
 from utils import dist
-from utils.checkpoint import save_training_state, save_weights
+from utils.checkpoint import CheckpointWriteError, save_training_state, save_weights
 from utils.options import AutomationEntry, Options, OptionsError, head_and_kwargs
 from utils.registry import AUTOMATION_REGISTRY
 
@@ -58,9 +59,12 @@ def console_names(logs: dict[str, float]) -> dict[str, float]:
 
 class TrainingLoop:
     def __init__(self, opt: Options, model: Any, stream: Any, val_loaders: dict[str, Any],
-                 automations: list[Automation], exp: Path, tb: Any, log: Any) -> None:
+                 automations: list[Automation], exp: Path, tb: Any, log: Any,
+                 resume_command: str | None = None) -> None:
         self.opt, self.model, self.stream, self.val_loaders = opt, model, stream, val_loaders
         self.automations, self.exp, self.tb, self.log = automations, exp, tb, log
+        # the command that continues this run (with its -o overrides), shown after Ctrl+C
+        self.resume_command = resume_command or f"python train.py -opt {opt.source} --auto_resume"
         self.ctx = TrainingContext(self)
         self.stop_reason: str | None = None
         self.save_requests: list[str] = []
@@ -70,7 +74,9 @@ class TrainingLoop:
     # -------------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
-        return {"automations": {a.name: a.state_dict() for a in self.automations}, "scores": self.scores}
+        # plain values only (states load with weights_only): metric scores as Python floats
+        return {"automations": {a.name: a.state_dict() for a in self.automations},
+                "scores": {int(k): float(v) for k, v in self.scores.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scores = {int(k): v for k, v in state.get("scores", {}).items()}
@@ -122,6 +128,9 @@ class TrainingLoop:
     # ---------------------------------------------------------------- validation
 
     def validate(self, iteration: int) -> dict[str, dict[str, float]]:
+        # NaN weights would validate as NaN and could become net_g_best: stop before (the loss is
+        # otherwise checked at logging steps only, and a validation step need not be one)
+        self.model.check_finite(iteration, weights=True)
         out = {}
         single = len(self.val_loaders) == 1
         for index, (name, loader) in enumerate(self.val_loaders.items()):
@@ -160,11 +169,11 @@ class TrainingLoop:
             return False
         self.model.best.setdefault(dataset, {})[metric] = {"value": value, "iter": self.ctx.iteration,
                                                           "source": source}
-        if dist.is_main():
-            meta = {**self.model.weight_metadata("net_g", self.ctx.iteration, source),
-                    "iter": str(self.ctx.iteration), "source": source, metric: f"{value:.6f}",
-                    "swa_promoted": str(source == "swa").lower()}
-            save_weights(self.exp / "models", "net_g", "best", net, keep_last=10**9, metadata=meta)
+        meta = {**self.model.weight_metadata("net_g", self.ctx.iteration, source),
+                "iter": str(self.ctx.iteration), "source": source, metric: f"{value:.6f}",
+                "swa_promoted": str(source == "swa").lower()}
+        self.write_on_main("net_g_best", lambda: save_weights(self.exp / "models", "net_g", "best", net,
+                                                              keep_last=10**9, metadata=meta))
         if source not in ("ema", "live"):
             self.log.info(f"best weights now from {source}: {metric} {value:.4f} at iteration {self.ctx.iteration}")
         return True
@@ -179,12 +188,31 @@ class TrainingLoop:
         ranked = sorted(self.scores, key=lambda it: self.scores[it], reverse=higher)
         return set(ranked[:keep.k])
 
+    def write_on_main(self, what: str, write: Callable[[], Any]) -> None:
+        """Run ``write`` on rank 0. Under DDP every rank then learns whether it succeeded, so a
+        failed write (disk full, ...) stops every rank with an error instead of leaving the others
+        waiting in the next collective (a collective: all ranks call it at the same point)."""
+        error: Exception | None = None
+        if dist.is_main():
+            try:
+                write()
+            except Exception as err:  # noqa: BLE001 - re-raised below, after the ranks agree
+                error = err
+        if dist.is_dist() and dist.any_rank(error is not None) and error is None:
+            raise CheckpointWriteError(f"rank 0 could not write {what}; its error names the file and the cause")
+        if isinstance(error, CheckpointWriteError):  # say how to go on once the cause is fixed
+            raise CheckpointWriteError(f"{error}; the run's earlier checkpoints are intact, continue with: "
+                                       f"{self.resume_command}") from error
+        if error is not None:
+            raise error
+
     def save(self, iteration: int) -> None:
         """Weights and a full training state, written atomically by rank 0 after every rank has
-        agreed that nothing went NaN."""
-        self.model.check_finite(iteration)
-        if not dist.is_main():
-            return
+        agreed that neither the loss nor the weights went NaN."""
+        self.model.check_finite(iteration, weights=True)
+        self.write_on_main(f"the checkpoint of iteration {iteration}", lambda: self._write_checkpoint(iteration))
+
+    def _write_checkpoint(self, iteration: int) -> None:
         keep, protect = self.opt.logger.keep_last, self.protected()
         for label, net in self.model.checkpoint_nets().items():
             save_weights(self.exp / "models", label, iteration, net, keep, protect,
@@ -222,7 +250,7 @@ class TrainingLoop:
                 self.log.warning(f"interrupted at iteration {iteration}: saving a training state")
                 if last_saved != iteration:
                     self.save(iteration)
-                self.log.warning(f"saved; continue with: python train.py -opt {self.opt.source} --auto_resume")
+                self.log.warning(f"saved; continue with: {self.resume_command}")
                 results["interrupted"] = True
                 return {**results, "iter": iteration}
             if self.stop_reason is not None:

@@ -59,12 +59,9 @@ def interpolate(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: f
 
 
 def _metadata(path: Path) -> dict[str, str]:
-    if path.suffix != ".safetensors":
-        return {}
-    from safetensors import safe_open
+    from utils.weights import read_metadata
 
-    with safe_open(str(path), "pt") as f:
-        return dict(f.metadata() or {})
+    return read_metadata(path)
 
 
 def main(argv: list[str] | None = None) -> int:

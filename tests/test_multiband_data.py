@@ -341,9 +341,8 @@ def test_option_file_checks_the_new_keys(tmp_path: Path) -> None:
                               "datasets.train.value_scale=1"])
     assert opt.datasets["train"]["lq_dropout"] == {"prob": 0.5, "holes": (1, 3), "size": (2, 4)}
     assert build_loaders(opt, torch.device("cpu"))[0].next()["lq"].shape == (2, 4, 8, 8)
-    jpeg_on_4 = load_options(path, ["datasets.train.lq_jpeg={prob: 1, quality: [10, 20]}"])
-    with pytest.raises(ValueError, match=r"lq_jpeg: JPEG holds 1 or 3 channels.*is 4"):
-        build_loaders(jpeg_on_4, torch.device("cpu"))
+    with pytest.raises(OptionsError, match=r"lq_jpeg: JPEG holds 1 or 3 channels.*is 4"):  # found by --check
+        load_options(path, ["datasets.train.lq_jpeg={prob: 1, quality: [10, 20]}"])
     with pytest.raises(ValueError, match=r"lq_jpeg: JPEG holds 1 or 3 channels.*is 4"):
         HRImageDataset(str(S2), scale=4, gt_size=32, channels=4, lq_jpeg={"prob": 1, "quality": [10, 20]})
 

@@ -192,15 +192,24 @@ def apply_debug_mode(data: dict[str, Any], opt: Options) -> str:
 
 
 def load_run_options(opt_path: str | Path, overrides: typing.Sequence[str],
-                     debug: bool) -> tuple[Options, str | None]:
+                     debug: bool, check: bool = False) -> tuple[Options, str | None]:
     """The run's options and, for a debug run, the notice of what debug mode changed.
 
     The file is validated as written first, so its own mistakes read as such. A debug run is then
     derived from the raw file and validated again, so that fractions (``0.8T``) resolve against
-    the short total."""
+    the short total. With ``check`` (``train.py --check``) a test file, which has no ``train:``
+    section, is validated as test.py reads it, and the notice says so."""
     opt = load_options(opt_path, overrides)
     if opt.train is None:
-        raise OptionsError(str(opt_path), [("train", "a training option file needs a train: section")])
+        if not check:
+            raise OptionsError(str(opt_path), [("train", "a training option file needs a train: section (for a "
+                                                         "test file, run python test.py -opt FILE)")])
+        from models.evaluation import check_test_options
+
+        problems = check_test_options(opt)
+        if problems:
+            raise OptionsError(opt.source, problems)
+        return opt, "a test option file (no train: section), checked as test.py reads it"
     if not (debug or opt.name.startswith(DEBUG_PREFIX)):
         return opt, None
     data = load_yaml(opt_path)

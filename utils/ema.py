@@ -88,7 +88,9 @@ class ModelEMA:
         }
 
     def state_dict(self) -> dict:
-        return {"module": self.module.state_dict(), "num_updates": self.num_updates, "last_decay": self.last_decay}
+        # tensors and plain numbers only: training states load with weights_only=True
+        return {"module": self.module.state_dict(), "num_updates": int(self.num_updates),
+                "last_decay": float(self.last_decay)}
 
     def load_state_dict(self, state: dict) -> None:
         # load_state_dict copies in place, so cached tensor lists stay valid.

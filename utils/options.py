@@ -23,13 +23,18 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
+    Strict,
+    StrictBool,
+    StrictInt,
     ValidationError,
     create_model,
     field_validator,
 )
+from typing_extensions import NotRequired, Required, TypedDict, is_typeddict
 
 from utils.registry import (
     ARCH_REGISTRY,
@@ -58,8 +63,99 @@ class OptionsError(ValueError):
         super().__init__("\n".join(lines))
 
 
+# ------------------------------------------------------------------------- strict values
+#
+# pydantic's lax mode reads ``true`` as 1, ``1`` as true, ``2.0`` and ``"2"`` as 2: a switch
+# written as a number, or a count written as a switch, would then run as something else without
+# a word. Booleans and integers are therefore strict everywhere (the static sections below, the
+# runners' sections and every component keyword), so each must be written as what it is. Floats
+# stay lax, because YAML 1.1 reads ``1e-3`` (no dot) as a string and ``lr: 1`` as an int, and
+# both have always meant a number; only a boolean is refused where a number belongs.
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    return value
+
+
+Float = Annotated[float, Strict(False), BeforeValidator(_no_bool)]
+"""A float that accepts ints and numeric strings (``1e-3``), but not booleans."""
+
+ScaleValue = Literal[1, 2, 3, 4, 8]
+SCALES: tuple[int, ...] = typing.get_args(ScaleValue)
+
+
+def _whole_scale(value: Any) -> Any:
+    """The top-level scale is injected into every network and dataset: refuse anything but a
+    plain int, so ``2.0`` or ``"2"`` cannot turn into another value on the way."""
+    if type(value) is not int:
+        raise ValueError(f"scale must be a whole number, one of {', '.join(map(str, SCALES))}, written without "
+                         f"quotes or decimals; got {value!r}")
+    return value
+
+
+Scale = Annotated[ScaleValue, BeforeValidator(_whole_scale)]
+
+
+def _is_scale(value: Any) -> bool:
+    return type(value) is int and value in SCALES
+
+
+def _strict_type(hint: Any) -> Any:
+    """``hint`` with ``bool`` and ``int`` made strict and ``float`` made to refuse booleans, at any
+    depth (``list[int] | None``, ``tuple[float, float]``, a TypedDict's keys, ``Annotated``
+    metadata kept); ``hint`` itself when nothing changes. Used for the types that come from
+    outside this module: constructor hints of registered classes and the runners' own fields."""
+    for plain, strict in ((bool, StrictBool), (int, StrictInt), (float, Float)):
+        if hint is plain:
+            return strict
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        inner = _strict_type(hint.__origin__)
+        return hint if inner is hint.__origin__ else Annotated[(inner, *hint.__metadata__)]
+    if is_typeddict(hint):
+        return _strict_typeddict(hint)
+    if origin is Literal or not args:
+        return hint
+    new = tuple(arg if arg is Ellipsis else _strict_type(arg) for arg in args)
+    if all(a is b for a, b in zip(new, args)):
+        return hint
+    if origin in (Union, types.UnionType):
+        return Union[new]  # noqa: UP007 - X | Y cannot be built from a tuple
+    if origin in (typing.Required, typing.NotRequired, Required, NotRequired):
+        return origin[new[0]]
+    try:
+        return origin[new]
+    except TypeError:  # a generic that cannot be rebuilt keeps its lax reading
+        return hint
+
+
+_STRICT_TYPEDDICTS: dict[type, type] = {}
+
+
+def _strict_typeddict(cls: type) -> type:
+    """A copy of the TypedDict ``cls`` with strict keys (see :func:`_strict_type`); its pydantic
+    config (e.g. ``extra="forbid"``) and docstring are kept."""
+    if cls not in _STRICT_TYPEDDICTS:
+        try:
+            hints = typing.get_type_hints(cls, include_extras=True)
+        except Exception:  # noqa: BLE001 - unresolvable annotations only lose strictness
+            hints = {}
+        fields = {key: _strict_type(hint) for key, hint in hints.items()}
+        strict = cls
+        if any(fields[key] is not hints[key] for key in hints):
+            strict = TypedDict(cls.__name__, fields, total=getattr(cls, "__total__", True))
+            strict.__doc__, strict.__module__ = cls.__doc__, cls.__module__
+            if hasattr(cls, "__pydantic_config__"):
+                strict.__pydantic_config__ = cls.__pydantic_config__
+        _STRICT_TYPEDDICTS[cls] = strict
+    return _STRICT_TYPEDDICTS[cls]
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: see above; float fields are written as Float, which stays lax
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +169,10 @@ class Component:
     by that model. ``inject``: values the section may omit, from the context (``scale``,
     ``total_iter``, ``phase``). ``type_from_key``: the dict key names the type
     (``training_automations.early_stopping``); ``fixed_type``: the section is always that type.
+    ``check``: called with the checked section (``type`` and the constructor's keywords) to find
+    value conflicts before anything is built; it raises ValueError or TypeError, whose message is
+    reported at the section, or an error with a ``problems`` list of (key, message) pairs, each
+    reported at that key of the section.
     """
 
     registry: Registry
@@ -94,6 +194,27 @@ def _try_scheduler(section: dict[str, Any]) -> None:
 
     dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     SCHEDULER_REGISTRY.get(section["type"])(dummy, **{k: v for k, v in section.items() if k != "type"})
+
+
+def _try_optimizer(section: dict[str, Any]) -> None:
+    """Build the optimiser on a throw-away parameter, so values torch refuses (a negative lr,
+    betas outside [0, 1), a negative eps) are reported by --check rather than at start-up."""
+    import torch
+
+    factory = OPTIMIZER_REGISTRY.get(section["type"])
+    kwargs = {k: v for k, v in section.items() if k != "type"}
+    if "fused" in signature_params(factory):
+        # fused kernels need CUDA tensors, which the check does not have; the values are what it tests
+        kwargs["fused"] = False
+    factory([torch.zeros(1, requires_grad=True)], **kwargs)
+
+
+def _check_dataset(section: dict[str, Any]) -> None:
+    """Dataset checks that need the dataset classes (gt_size against the scale, a dataroot that is
+    a file, ...); imported late: the data package imports this module."""
+    from data.option_checks import check_dataset_section
+
+    check_dataset_section(section)
 
 
 class LossEntry(_Section):
@@ -168,7 +289,7 @@ def _component(registry: Registry, **kw: Any) -> Any:
 
 
 NETWORK = _component(ARCH_REGISTRY, inject=("scale",))
-OPTIMIZER = _component(OPTIMIZER_REGISTRY, skip=("params",))
+OPTIMIZER = _component(OPTIMIZER_REGISTRY, skip=("params",), check=_try_optimizer)
 SCHEDULER = _component(SCHEDULER_REGISTRY, skip=("optimizer",), inject=("total_iter",), check=_try_scheduler)
 LOSSES = _component(LOSS_REGISTRY, many="list", head=LossEntry)
 GAN = _component(LOSS_REGISTRY, head=GANEntry, check=_try_gan_loss)
@@ -194,12 +315,12 @@ class TrainOptions(_Section):
     scheduler: SCHEDULER | None = Field(None, description="learning-rate scheduler of optim_g (none: a constant "
                                         "learning rate)")
     losses: LOSSES = Field([], description="the generator's training losses; their weighted sum is minimised")
-    ema_decay: float = Field(0.0, ge=0.0, lt=1.0, description="decay of the EMA copy of network_g that is validated "
+    ema_decay: Float = Field(0.0, ge=0.0, lt=1.0, description="decay of the EMA copy of network_g that is validated "
                              "and saved as net_g_ema (0: no EMA)")
     ema_update_after: Step = Field(0, description="until this step the EMA copies the live weights")
     ema_warmup: bool = Field(False, description="grow the EMA decay as min(ema_decay, (1 + n) / (10 + n)) over the "
                              "first n updates")
-    grad_clip: float | None = Field(None, gt=0, description="clip the generator's gradient norm to this value "
+    grad_clip: Float | None = Field(None, gt=0, description="clip the generator's gradient norm to this value "
                                     "(logged as grad_norm; none: no clipping)")
     accumulate_grad_batches: int = Field(1, ge=1, description="micro-batches whose gradients are summed per "
                                          "optimiser step")
@@ -268,7 +389,8 @@ class Options(_Section):
     name: str = Field(description="experiment name: the run's folder under path.experiments_root (results_root "
                       "for test.py)")
     model_type: str = Field("SRModel", description="registered runner that trains the networks")
-    scale: int = Field(4, ge=1, le=16, description="upscaling factor, injected into the networks and datasets")
+    scale: Scale = Field(4, description="upscaling factor, injected into the networks and datasets (a whole "
+                         "number: 1, 2, 3, 4 or 8)")
     num_gpu: int | Literal["auto"] = Field("auto", description="accepted for BasicSR files and not used: torchrun "
                                            "sets the number of processes")
     manual_seed: int = Field(0, description="seed of torch and of the data order")
@@ -282,7 +404,8 @@ class Options(_Section):
         False, description="torch.compile the trained networks: true (torch's default mode) or a mode name")
     tf32: bool = Field(True, description="allow TF32 matrix multiplications and convolutions on CUDA")
     datasets: _component(DATASET_REGISTRY, many="dict", inject=("scale", "phase"), head=LoaderOptions,
-                         keys=r"train$|val|test", keys_hint="dataset keys must be 'train' or start with 'val' or "
+                         check=_check_dataset, keys=r"train$|val|test",
+                         keys_hint="dataset keys must be 'train' or start with 'val' or "
                          "'test'") = Field({}, description="datasets by key: train for training, keys starting with "
                                            "val or test for validation and testing")
     network_g: NETWORK | None = Field(None, description="the generator network; may be left out when "
@@ -322,12 +445,18 @@ class Options(_Section):
 _SCHEMAS: dict[type, type[Options]] = {}
 
 
+def _strict_fields(fields: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+    """A runner's own fields (name → (annotation, default)) with strict types, like the base
+    sections (their annotations are plain Python types; the sections they name are strict)."""
+    return {name: (_strict_type(annotation), default) for name, (annotation, default) in fields.items()}
+
+
 def schema_for(runner: type) -> type[Options]:
     """The option schema of a runner: the base sections, the runner's own (``option_fields``,
     ``train_option_fields``: name → (annotation, default)) and every automation's section."""
     if runner in _SCHEMAS:
         return _SCHEMAS[runner]
-    train_fields = dict(getattr(runner, "train_option_fields", {}))
+    train_fields = _strict_fields(getattr(runner, "train_option_fields", {}))
     for name, cls in AUTOMATION_REGISTRY.items():
         if getattr(cls, "section", None):
             spec = _component(AUTOMATION_REGISTRY, head=AutomationEntry, fixed_type=name)
@@ -337,7 +466,7 @@ def schema_for(runner: type) -> type[Options]:
     about = Options.model_fields["train"].description
     schema = create_model(f"{runner.__name__}Options", __base__=Options,
                           train=(train | None, Field(None, description=about)),
-                          **dict(getattr(runner, "option_fields", {})))
+                          **_strict_fields(getattr(runner, "option_fields", {})))
     _SCHEMAS[runner] = schema
     return schema
 
@@ -419,7 +548,7 @@ def _pydantic_problems(
     for e in err.errors():
         loc = tuple(p for p in e["loc"] if p not in ("function-before[_validate(), int]",))
         # pydantic reports the union branch it tried as part of loc; drop those labels.
-        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("int", "str", "float"))))
+        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("int", "str", "float", "bool"))))
         path = format_path(prefix + loc)
         if e["type"] == "extra_forbidden":
             valid = _fields_at(model, loc[:-1]) + (extra_valid or [])
@@ -427,11 +556,28 @@ def _pydantic_problems(
         elif e["type"] == "missing":
             problems.append((path, "required key is missing"))
         else:
-            msg = e["msg"]
-            if "input" in e and not isinstance(e["input"], dict | list):
-                msg += f" (got {e['input']!r})"
-            problems.append((path, msg))
+            problems.append((path, _value_message(e)))
     return problems
+
+
+def _value_message(error: Any) -> str:
+    """One pydantic error in the option file's terms: a strict bool or int refusing a value says
+    what was written and how to write it instead."""
+    value, kind = error.get("input"), error["type"]
+    if kind == "int_type" and isinstance(value, bool):
+        return f"expected a whole number, got the boolean {str(value).lower()}"
+    if kind == "int_type" and isinstance(value, float):
+        return f"expected a whole number, got {value!r} (write it without a decimal point)"
+    if kind == "int_type" and isinstance(value, str):
+        return f"expected a whole number, got the string {value!r} (write it without quotes)"
+    if kind == "bool_type" and not isinstance(value, dict | list):
+        return f"expected true or false, got {value!r}"
+    msg = error["msg"]
+    if kind == "value_error":  # our validators' own words, without pydantic's prefix
+        msg = str(error.get("ctx", {}).get("error", msg.removeprefix("Value error, ")))
+    if "input" in error and not isinstance(value, dict | list) and repr(value) not in msg:
+        msg += f" (got {value!r})"
+    return msg
 
 
 # ------------------------------------------------------------------ component signatures
@@ -458,7 +604,7 @@ def signature_model(obj: Any, skip: typing.Collection[str] = ()) -> type[BaseMod
             _SIGNATURE_MODELS[key] = None
             return None
         default = ... if param.default is param.empty else param.default
-        fields[name] = (hints.get(name, Any), default)
+        fields[name] = (_strict_type(hints.get(name, Any)), default)
     config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
     model = create_model(f"{getattr(obj, '__name__', 'component')}Options", __config__=config, **fields)
     _SIGNATURE_MODELS[key] = model
@@ -507,7 +653,7 @@ def _check_signature(
             elif e["type"] == "missing":
                 problems.append((sub, f"required by {section['type']} but missing"))
             else:
-                problems.append((sub, f"{e['msg']} (got {e.get('input')!r})"))
+                problems.append((sub, _value_message(e)))
         return None
     return {k: getattr(validated, k) for k in kwargs}
 
@@ -564,7 +710,11 @@ def _check_one(section: Any, path: tuple, comp: Component, problems: list[tuple[
         try:
             comp.check({"type": out["type"], **checked})
         except (ValueError, TypeError) as err:
-            problems.append((format_path(path), str(err)))
+            keyed = getattr(err, "problems", None)
+            if keyed:
+                problems.extend((format_path(path + ((key,) if key else ())), msg) for key, msg in keyed)
+            else:
+                problems.append((format_path(path), str(err)))
     return out
 
 
@@ -641,17 +791,118 @@ def head_and_kwargs(section: dict[str, Any], head: type[BaseModel]) -> tuple[dic
 # ------------------------------------------------------------------------------ loading
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node, path: tuple = (),
+                    visited: set[int] | None = None) -> list[tuple[str, str]]:
+    """Every key written twice in one mapping of the composed document ``node``, with both lines.
+    YAML itself keeps the last one silently, so a second ``train:`` block would replace the first."""
+    visited = set() if visited is None else visited
+    if id(node) in visited:  # an alias: its node was walked where its anchor is
+        return []
+    visited.add(id(node))
+    problems: list[tuple[str, str]] = []
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _duplicate_keys(loader, item, path + (i,), visited)
+    elif isinstance(node, yaml.MappingNode):
+        marks: dict[Any, yaml.Mark] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                key: Any = "?"  # ``<<: *base`` may be overridden by design; complex keys are not option keys
+            else:
+                key = loader.construct_object(key_node)  # the value, so that 1 and 0x1 are one key
+                if key in marks:
+                    problems.append((format_path(path + (key,)), f"written twice, {_where(marks[key], key_node)}; "
+                                     "YAML would keep only the last, so remove or merge one"))
+                else:
+                    marks[key] = key_node.start_mark
+            problems += _duplicate_keys(loader, value_node, path + (key,), visited)
+    return problems
+
+
+def _where(first: yaml.Mark, second: yaml.Node) -> str:
+    """``at lines 3 and 17``, or ``at line 5 (columns 10 and 22)`` for a one-line mapping."""
+    a, b = first, second.start_mark
+    if a.line == b.line:
+        return f"at line {a.line + 1} (columns {a.column + 1} and {b.column + 1})"
+    return f"at lines {a.line + 1} and {b.line + 1}"
+
+
+def load_unique_yaml(text: str) -> tuple[Any, list[tuple[str, str]]]:
+    """Parse ``text`` with the safe loader (no tags that build objects); returns the data and the
+    keys written twice (then the data is None). Raises :class:`yaml.YAMLError` on bad syntax."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, []
+        problems = _duplicate_keys(loader, node)
+        return (None, problems) if problems else (loader.construct_document(node), [])
+    finally:
+        loader.dispose()
+
+
+def _tag_refused(err: yaml.constructor.ConstructorError) -> str:
+    """The safe loader builds no objects from tags (``!!python/object/apply:...``): say so, rather
+    than calling it a syntax error."""
+    mark = err.problem_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return (f"YAML tag refused{where} ({err.problem}): option files hold plain values, and nothing is built or "
+            "run from a tag")
+
+
+def _read_text(path: Path) -> str:
+    """The option file's text; a file that is not UTF-8 text (an image, a checkpoint picked by
+    mistake) is named as such rather than as a decoding error without the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise OptionsError(str(path), [("", f"not a text/YAML file: {path} (byte {err.start} is not UTF-8 "
+                                            "text)")]) from err
+    except OSError as err:
+        raise OptionsError(str(path), [("", f"cannot read {path}: {err.strerror or err}")]) from err
+    if "\x00" in text:  # valid UTF-8 can still be binary; YAML would name only an offending character
+        raise OptionsError(str(path), [("", f"not a text/YAML file: {path} (it holds NUL bytes)")])
+    return text
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise OptionsError(str(path), [("", f"{path} is a folder; give the option file (.yml) inside it")])
     if not path.is_file():
         raise FileNotFoundError(f"option file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data, duplicates = load_unique_yaml(_read_text(path))
+    except yaml.constructor.ConstructorError as err:
+        raise OptionsError(str(path), [("", _tag_refused(err))]) from err
     except yaml.YAMLError as err:
         raise OptionsError(str(path), [("", f"YAML syntax error: {err}")]) from err
+    if duplicates:
+        raise OptionsError(str(path), duplicates)
     if not isinstance(data, dict):
         raise OptionsError(str(path), [("", "the file must hold a mapping of option keys")])
     return data
+
+
+def _override_value(expr: str, raw: str) -> Any:
+    """The value of an override, parsed as YAML (never evaluated); a ValueError naming the
+    override when it is not valid YAML or writes a key twice."""
+    if not raw.strip():
+        return None
+    try:
+        value, duplicates = load_unique_yaml(raw)
+    except yaml.constructor.ConstructorError as err:
+        raise ValueError(f"override '{expr}': {_tag_refused(err)}") from err
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"override '{expr}': the value is not valid YAML ({problem}); quote the whole "
+                         "-o argument for the shell, and write strings with ':' or '#' in quotes") from err
+    if duplicates:
+        raise ValueError(f"override '{expr}': the value writes the key '{duplicates[0][0]}' twice")
+    return value
 
 
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -667,7 +918,7 @@ def apply_override(data: dict, expr: str) -> None:
         parts.append(int(index) if index else name)
     if not parts:
         raise ValueError(f"override '{expr}' has no key")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = _override_value(expr, raw)
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
@@ -749,8 +1000,10 @@ def parse_options(data: dict, source: str = "<options>", base_dir: str | Path | 
         total_iter = resolve_step(train_raw["total_iter"], None) if "total_iter" in train_raw else None
     except ValueError:
         total_iter = None
-    scale = data.get("scale", 4) if isinstance(data.get("scale", 4), int) else 4
-    context = {"total_iter": total_iter, "scale": scale, "phase": dataset_phase}
+    # only a valid scale is injected: an invalid one is reported at ``scale`` and nothing runs, so
+    # no network or dataset is checked against a value other than the one written
+    scale = data.get("scale", Options.model_fields["scale"].default)
+    context = {"total_iter": total_iter, "scale": scale if _is_scale(scale) else None, "phase": dataset_phase}
     opt: Options | None = None
     try:
         opt = schema.model_validate(data, context=context)

@@ -37,12 +37,9 @@ def _read_file(path: str, owner: str) -> dict[str, Tensor]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"{owner}: weights_path '{path}' does not exist (option `weights_path`)")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from utils.weights import read_weights
 
-        state = load_file(str(file), device="cpu")
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+    state = read_weights(file)  # names the file when it is truncated or not a tensor file
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{owner}: weights_path '{path}' does not hold a state dict (a mapping of name → tensor)")
     return dict(state)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -16,6 +20,20 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 UPFORGE_VERSION = "0.1.0"
 ARCH_KEY = "upforge_arch"  # safetensors metadata: the network's option section as JSON
+TMP_SUFFIX = ".tmp"  # an atomic write's file until it is complete (``<name>.tmp``)
+_LOW_SPACE = 64 * 2**20  # below this many free bytes an unexplained write failure is blamed on a full disk
+
+
+class CheckpointWriteError(OSError, RuntimeError):
+    """A weights or state file could not be written; the message names the file and why (no
+    space, permission). The earlier files are untouched and no partial file is left behind.
+
+    An OSError (it is one) and a RuntimeError (as torch's own write failures were), so callers
+    catching either keep working and the command line prints it as a one-line error."""
+
+
+class NonFiniteWeightsError(RuntimeError):
+    """Weights holding NaN or inf were about to be written; nothing was written."""
 
 
 def network_metadata(net_opt: Mapping, scale: int | None = None, iteration: int | str | None = None,
@@ -37,10 +55,20 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return {}
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), "pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as err:
+        raise damaged_safetensors(path, err) from err
+
+
+def damaged_safetensors(path: Path, err: Exception) -> ValueError:
+    """A ``.safetensors`` file that does not parse (truncated by a broken copy or download), named;
+    safetensors' own message names no file."""
+    return ValueError(f"cannot read weights from {path} ({path.stat().st_size} bytes): not a complete "
+                      f".safetensors file, truncated or damaged ({err}); copy or download it again")
 
 
 def arch_from_metadata(meta: Mapping[str, str]) -> dict | None:
@@ -74,9 +102,13 @@ def read_weights(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as err:
+            raise damaged_safetensors(path, err) from err
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
@@ -115,26 +147,154 @@ def clean_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
 
 
-def atomic_write(path: str | Path, write_fn) -> None:
-    """Write through ``write_fn(tmp_path)`` and rename, so a crash never leaves half a file."""
+def _why(err: BaseException, folder: Path) -> str:
+    """The cause of a failed write in words: the OS error found in the exception chain (torch wraps
+    it in a RuntimeError without a path, e.g. "unexpected pos 72896 vs 72796"), else a diagnosis
+    of the folder (not writable, disk nearly full), else the error itself."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            if seen.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                return "no space left on device" + _free_space(folder)
+            if seen.errno in (errno.EACCES, errno.EPERM):
+                return f"permission denied (is {folder} writable?)"
+            if seen.errno == errno.EROFS:
+                return f"read-only file system at {folder}"
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        return f"permission denied (is {folder} writable?)"
+    free = _free_bytes(folder)
+    if free is not None and free < _LOW_SPACE:
+        return f"no space left on device{_free_space(folder)} ({type(err).__name__}: {err})"
+    return f"{type(err).__name__}: {err}"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _free_space(folder: Path) -> str:
+    free = _free_bytes(folder)
+    return "" if free is None else f" ({free / 2**20:.1f} MiB free in {folder})"
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):  # a folder we cannot write to holds no partial file of ours either
+        path.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); platforms that cannot open folders skip it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_atomically(path: Path, produce: Callable[[Path], None]) -> None:
+    """``produce(tmp)`` writes the complete ``<path>.tmp``; it is then renamed over ``path``, so a
+    crash (even kill -9 or a power cut) leaves the old file or the new one, never half. Whatever
+    fails, the ``.tmp`` is removed and the error propagates."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)  # a leftover (or a planted link) is never written through
+        produce(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write(path: str | Path, write_fn: Callable[[str], None]) -> None:
+    """Write through ``write_fn(tmp_path)`` (for writers that take a path: onnx, tifffile), flush
+    the file to disk and rename it into place; a failure removes the partial file and propagates
+    unchanged. Weights and training states use :func:`atomic_write_file`."""
+    def produce(tmp: Path) -> None:
+        write_fn(str(tmp))
+        _fsync_file(tmp)
+
+    _replace_atomically(Path(path), produce)
+
+
+def atomic_write_file(path: str | Path, write_fn: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` atomically through ``write_fn(file)``, for weights and training states.
+
+    The file is created by Python (exclusively, unbuffered): it gets the permissions of every
+    other file the run writes (0666 less the umask; safetensors' own writer made 0600 files), and
+    a failing write raises the OS error itself rather than torch's path-less "unexpected pos
+    72896 vs 72796". Any write failure becomes :class:`CheckpointWriteError` naming the file and
+    the cause; the partial ``.tmp`` is removed and the previous file under ``path`` is kept.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write_fn(str(tmp))
-    os.replace(tmp, path)
+
+    def produce(tmp: Path) -> None:
+        with open(tmp, "xb", buffering=0) as f:
+            write_fn(f)
+            os.fsync(f.fileno())
+
+    try:
+        _replace_atomically(path, produce)
+    except (OSError, RuntimeError) as err:
+        raise CheckpointWriteError(f"cannot write {path}: {_why(err, path.parent)}. No partial file was left and "
+                                   "the files written before are untouched") from err
+
+
+def write_all(f: BinaryIO, data: bytes) -> None:
+    """``f.write`` until every byte is written (an unbuffered file may write fewer at a time)."""
+    view = memoryview(data)
+    while view:
+        written = f.write(view)
+        if not written:
+            raise OSError(errno.EIO, "write returned no progress")
+        view = view[written:]
+
+
+def first_nonfinite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The first key whose floating-point tensor holds NaN or inf, else None."""
+    for key, value in tensors.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return key
+    return None
 
 
 def save_network(net: nn.Module | dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Save weights; ``.safetensors`` by default (``metadata``: string pairs in its header),
-    ``.pth`` holds a plain ``{'params': ...}``."""
+    ``.pth`` holds a plain ``{'params': ...}``.
+
+    Weights holding NaN or inf are refused (:class:`NonFiniteWeightsError`, naming the file and the
+    first bad key) before anything is written, so the previous file under that name is kept."""
     sd = net if isinstance(net, dict) else clean_state_dict(net)
     path = Path(path)
+    bad = first_nonfinite(sd)
+    if bad is not None:
+        raise NonFiniteWeightsError(
+            f"refusing to write {path}: '{bad}' holds NaN or inf. The previous file under that name (if any) "
+            "is kept; the training diverged (try a lower learning rate or train.grad_clip)"
+        )
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        atomic_write(path, lambda p: save_file(sd, p, metadata=metadata))
+        data = save(sd, metadata=metadata)
+        atomic_write_file(path, lambda f: write_all(f, data))
     else:
-        atomic_write(path, lambda p: torch.save({"params": sd}, p))
+        atomic_write_file(path, lambda f: torch.save({"params": sd}, f))
 
 
 @dataclass
