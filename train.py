@@ -96,6 +96,9 @@ def describe(opt: Options) -> str:
         for field in ("dataroot_gt", "dataroot_lq"):
             if field in ds and ds[field] and not Path(ds[field]).exists():
                 lines.append(f"# note: datasets.{key}.{field} = {ds[field]} does not exist yet")
+    for field, value in opt.path.model_dump().items():  # pretrain_network_g/_d, resume_state
+        if (field.startswith("pretrain_network") or field == "resume_state") and value and not Path(value).exists():
+            lines.append(f"# note: path.{field} = {value} does not exist; the run would stop at start-up")
     if opt.logger.wandb is not None and not wandb_installed():
         # a note, like a missing dataroot: the file may be meant for a machine that has wandb
         lines.append(f"# note: logger.wandb: {WANDB_MISSING}; training here would stop before it starts")
@@ -239,13 +242,15 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
     stop = _StopFlag()
     stop.install()
     progress = TrainProgress(opt.train.total_iter, start_iter, enabled=dist.is_main())
+    failed = True
     try:
         results.update(loop.run(start_iter, resume_path is not None,
                                 lambda it: stop_agreed(stop.requested, it, opt.logger.print_freq), progress))
+        failed = False
     finally:
         progress.stop()
         stop.restore()
-        writers.close()
+        writers.close(failed=failed)
     iteration = results["iter"]
     results.update({"metrics": loop.metrics, "best": model.best, "experiment_dir": str(exp)})
     if dist.is_dist():

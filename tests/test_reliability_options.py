@@ -293,3 +293,17 @@ def test_file_system_errors_print_a_message(capsys, monkeypatch):
     assert run_reporting_errors(fails) == 2
     err = capsys.readouterr().err
     assert "error: NotADirectoryError: image folder 'x.png' is not a directory" in err and "Traceback" not in err
+
+
+def test_check_notes_weights_and_states_that_do_not_exist(tmp_path, hr_folder, capsys):
+    """--check cannot know the file will be there at run time, so it notes a missing one (as it notes
+    a missing dataroot) instead of passing in silence."""
+    path = small_train_yaml(tmp_path, hr_folder)
+    missing = tmp_path / "nowhere.safetensors"
+    train_module.train(path, [f"path.pretrain_network_g={missing}", f"path.resume_state={tmp_path / '9.state'}"],
+                       check=True)
+    out = capsys.readouterr().out
+    assert f"# note: path.pretrain_network_g = {missing} does not exist" in out
+    assert f"# note: path.resume_state = {tmp_path / '9.state'} does not exist" in out
+    train_module.train(path, check=True)
+    assert "# note: path." not in capsys.readouterr().out

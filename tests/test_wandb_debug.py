@@ -156,6 +156,33 @@ def test_missing_wandb_stops_before_training_with_a_clear_message(tmp_path, hr_f
     train(path, ["train.total_iter=1", "val.val_freq=1"])  # without logger.wandb, wandb is never needed
 
 
+def test_a_run_that_fails_is_marked_failed_in_wandb(tmp_path, hr_folder, monkeypatch):
+    """A NaN stops the run: W&B's run must end with exit code 1 (failed), a clean run with 0."""
+    import train as train_module
+
+    finished: list[int] = []
+
+    class FakeRun:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def scalars(self, values: dict[str, float], step: int) -> None:
+            pass
+
+        def image(self, tag: str, chw: Any, step: int) -> None:
+            pass
+
+        def close(self, failed: bool = False) -> None:
+            finished.append(1 if failed else 0)
+
+    monkeypatch.setattr(train_module, "WandbWriter", FakeRun)
+    path = small_train_yaml(tmp_path, hr_folder)
+    train(path, [WANDB, "train.total_iter=2", "val.val_freq=2"])
+    with pytest.raises(RuntimeError, match="NaN or inf"):
+        train(path, [WANDB, "train.optim_g.lr=1.0e+30", "train.total_iter=40", "logger.print_freq=20"])
+    assert finished == [0, 1]
+
+
 # ---------------------------------------------------------------------------------- --debug
 
 

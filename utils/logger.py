@@ -117,7 +117,7 @@ class TensorBoardWriter:
         if self.writer is not None:
             self.writer.add_image(tag, chw, step, dataformats="CHW")
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
@@ -188,8 +188,9 @@ class WandbWriter:
     def image(self, tag: str, chw: Any, step: int) -> None:
         self.run.log({tag: self._wandb.Image(_hwc_uint8(chw))}, step=step)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        # a run that ended in an error shows as failed in W&B, not as finished
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class LogWriters:
@@ -207,12 +208,13 @@ class LogWriters:
         for writer in self.writers:
             writer.image(tag, chw, step)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Close every writer; ``failed``: the run ended in an error (W&B marks the run failed)."""
         # every writer gets closed even when one fails, so a W&B error does not lose TensorBoard's last events
         errors = []
         for writer in self.writers:
             try:
-                writer.close()
+                writer.close(failed=failed)
             except Exception as err:  # noqa: BLE001 - re-raised below, after the others are closed
                 errors.append(err)
         if errors:
