@@ -30,35 +30,8 @@ class HRImageDataset(SRImageDatasetBase):
     see datasets/README.md.
 
     Args:
-        dataroot_gt: ground-truth (HR) images: a folder, a 4-D ``.npy`` stack file, or with
-            ``io_backend: {type: lmdb}`` a BasicSR ``*.lmdb`` folder.
-        scale: upscaling factor (a positive int): gt sides are ``scale`` x the lq's.
-        phase: ``train`` (random patches, flips and lq degradations) or ``val`` / ``test`` (whole images, or
-            their ``center_crop``).
-        gt_size: side in pixels of the square training gt patch, a positive multiple of ``scale`` (the lq
-            patch is ``gt_size / scale``); required for training, unused otherwise; may be a schedule.
-        use_hflip: training: random horizontal flips.
-        use_rot: training: random vertical flips and transposes (with ``use_hflip``: all 8 rotations and
-            flips).
-        aug_prob: probability of each enabled flip or transpose, in [0, 1] (0.5: every variant equally
-            often); may be a schedule.
-        meta_info_file: text file listing the gt images to use, one per line (path relative to
-            ``dataroot_gt`` or file name; anything after the first space is ignored); null: every image.
-        channels: channel count of every sample (and of the network's input and output); with 3, gray is
-            repeated to RGB and an RGBA file's alpha dropped; any other mismatch is an error.
-        value_scale: divisor of the stored values instead of the type's (255 for uint8, 65535 for uint16,
-            float as stored), e.g. 10000 for Sentinel-2 reflectance; the samples are then float32.
-        indices: keep only the images at these positions of the sorted list (stacks expanded into their
-            items; applied before ``meta_info_file``), e.g. ``[0, 1, 2, 3]``.
         center_crop: validation/test only: cut each gt to its centre ``center_crop`` square (a multiple of
             ``scale``) before the lq is made from it.
-        lq_jpeg: training only: ``{prob, quality: [lo, hi]}``: with probability ``prob``, JPEG-compress the
-            lq patch at a quality drawn from [lo, hi] (1-100); for ``channels`` 1 or 3.
-        lq_dropout: training only: ``{prob, holes: [min, max], size: [min, max], fill}``: with probability
-            ``prob``, fill that many square holes of that side (lq pixels) with ``fill`` (on the [0, 1]
-            scale, default 0).
-        io_backend: ``{type: disk}`` (image folders and stack files, the default) or ``{type: lmdb}``
-            (BasicSR LMDB folders; needs the lmdb package).
     """
 
     def __init__(

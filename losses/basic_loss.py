@@ -17,7 +17,14 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 class _PixelLoss(nn.Module):
-    """Shared handling of ``reduction`` and ``y_only``; subclasses define ``elementwise``."""
+    """Shared handling of ``reduction`` and ``y_only``; subclasses define ``elementwise``.
+
+    Args:
+        reduction: how the per-element loss is reduced: ``mean``, ``sum`` or ``none`` (the element map).
+        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
+        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
+            ``full`` (Y in [0, 1]).
+    """
 
     def __init__(self, reduction: str = "mean", y_only: bool = False, y_range: str = "studio") -> None:
         super().__init__()
@@ -61,12 +68,6 @@ class _PixelLoss(nn.Module):
 @LOSS_REGISTRY.register()
 class L1Loss(_PixelLoss):
     """Mean absolute error |pred - target|.
-
-    Args:
-        reduction: how the per-element loss is reduced: ``mean``, ``sum`` or ``none`` (the element map).
-        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
-        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
-            ``full`` (Y in [0, 1]).
     """
 
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -76,12 +77,6 @@ class L1Loss(_PixelLoss):
 @LOSS_REGISTRY.register()
 class MSELoss(_PixelLoss):
     """Mean squared error (pred - target)^2.
-
-    Args:
-        reduction: how the per-element loss is reduced: ``mean``, ``sum`` or ``none`` (the element map).
-        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
-        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
-            ``full`` (Y in [0, 1]).
     """
 
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -97,10 +92,6 @@ class CharbonnierLoss(_PixelLoss):
     Args:
         eps: constant added to the squared difference inside the root (> 0); the loss at zero error is
             ``sqrt(eps)`` and larger values smooth the L1 kink more.
-        reduction: how the per-element loss is reduced: ``mean``, ``sum`` or ``none`` (the element map).
-        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
-        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
-            ``full`` (Y in [0, 1]).
     """
 
     def __init__(
@@ -126,12 +117,6 @@ class GradientLoss(_PixelLoss):
     kernels scaled by 1/8 and replicate padding, so ``reduction="none"`` keeps the input
     shape. Comparing signed components keeps edge direction, which a magnitude loss ignores.
     Input must be NCHW.
-
-    Args:
-        reduction: how the per-element loss is reduced: ``mean``, ``sum`` or ``none`` (the element map).
-        y_only: compare only the BT.601 luma (Y) of the images; needs RGB (3-channel) input.
-        y_range: luma used with ``y_only``: ``studio`` (Y in [16/255, 235/255], as SR papers report) or
-            ``full`` (Y in [0, 1]).
     """
 
     def elementwise(self, pred: Tensor, target: Tensor) -> Tensor:

@@ -268,3 +268,43 @@ def test_reference_lists_every_key_and_component():
     for name in ("EDSR", "L1Loss", "HRImageDataset", "calculate_psnr", "Adam", "MultiStepLR", "early_stopping"):
         assert f"#### `{name}`" in text, name
     assert STEP_STRING not in text  # the reference explains steps in words
+
+
+def test_keywords_documented_once_in_a_base_class_reach_every_subclass():
+    """The datasets' shared options and the pixel losses' reduction / y_only live in their base
+    class's Args block; each subclass's own entries come first."""
+    from data.hr_image_dataset import HRImageDataset
+    from data.paired_image_dataset import PairedImageDataset
+    from losses.basic_loss import CharbonnierLoss, L1Loss
+    from utils.option_schema import args_section
+
+    hr, paired = args_section(HRImageDataset), args_section(PairedImageDataset)
+    assert hr["gt_size"] == paired["gt_size"] and hr["gt_size"].startswith("side in pixels of the square")
+    assert hr["center_crop"] != paired["center_crop"]  # each documents its own center_crop
+    assert "filename_tmpl" in paired and "filename_tmpl" not in hr
+    assert args_section(L1Loss)["reduction"].startswith("how the per-element loss is reduced")
+    assert args_section(CharbonnierLoss)["eps"].startswith("constant added to the squared difference")
+    # every registered component's every YAML keyword is described
+    from utils.registry import (
+        ARCH_REGISTRY,
+        AUTOMATION_REGISTRY,
+        DATASET_REGISTRY,
+        LOSS_REGISTRY,
+        METRIC_REGISTRY,
+        OPTIMIZER_REGISTRY,
+        SCHEDULER_REGISTRY,
+    )
+
+    skipped = {"self", "params", "optimizer", "img", "img2"}
+    missing = []
+    for registry in (ARCH_REGISTRY, LOSS_REGISTRY, DATASET_REGISTRY, METRIC_REGISTRY, OPTIMIZER_REGISTRY,
+                     SCHEDULER_REGISTRY, AUTOMATION_REGISTRY):
+        for name, obj in registry.items():
+            if obj.__module__.startswith("tests"):  # classes other tests register
+                continue
+            func = obj.__init__ if inspect.isclass(obj) else obj
+            docs = args_section(obj)
+            keywords = [p.name for p in inspect.signature(func).parameters.values()
+                        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # TVLoss: nn.Module's bare init
+            missing += [f"{name}.{p}" for p in keywords if p not in skipped and not docs.get(p)]
+    assert not missing, missing

@@ -110,35 +110,44 @@ _ARG_LINE = re.compile(r"^(\*{0,2}\w+)\s*(\([^)]*\))?\s*:\s*(.*)$")
 
 
 def args_section(obj: Any) -> dict[str, str]:
-    """Keyword descriptions from a Google-style ``Args:`` section of the class or function
-    docstring (or the ``__init__``'s); empty when there is none."""
+    """Keyword descriptions from Google-style ``Args:`` sections: of the function's docstring, or of
+    the class's and its bases' docstrings (and their own ``__init__``'s), the class's own first. A
+    keyword the base documents (the datasets' shared options, a loss family's ``reduction``) is
+    written once there; the caller looks up only the keywords of the signature."""
     out: dict[str, str] = {}
-    # the class's own __init__ only: an inherited one documents another class's keywords
-    init = vars(obj).get("__init__") if inspect.isclass(obj) else None
-    for doc in (getattr(obj, "__doc__", None), getattr(init, "__doc__", None)):
-        if not isinstance(doc, str):
+    owners = [c for c in obj.__mro__ if c is not object] if inspect.isclass(obj) else [obj]
+    for owner in owners:
+        init = vars(owner).get("__init__") if inspect.isclass(owner) else None
+        for doc in (getattr(owner, "__doc__", None), getattr(init, "__doc__", None)):
+            if isinstance(doc, str):
+                for name, text in _parse_args(doc).items():
+                    out.setdefault(name, text)
+    return out
+
+
+def _parse_args(doc: str) -> dict[str, str]:
+    """The ``name: description`` entries of one docstring's ``Args:`` block."""
+    out: dict[str, str] = {}
+    inside, indent, current = False, None, None
+    for line in inspect.cleandoc(doc).splitlines():
+        if _ARGS_HEADER.match(line.strip()) and not line.startswith(" "):
+            inside, indent, current = True, None, None
             continue
-        lines = inspect.cleandoc(doc).splitlines()
-        inside, indent, current = False, None, None
-        for line in lines:
-            if _ARGS_HEADER.match(line.strip()) and not line.startswith(" "):
-                inside, indent, current = True, None, None
-                continue
-            if not inside:
-                continue
-            if not line.strip():
-                current = None
-                continue
-            width = len(line) - len(line.lstrip())
-            if width == 0:  # the next section (Returns:, Raises:, ...) or prose ends the block
-                inside = False
-                continue
-            match = _ARG_LINE.match(line.strip())
-            if match and (indent is None or width <= indent):
-                indent, current = width, match.group(1).lstrip("*")
-                out.setdefault(current, match.group(3).strip())
-            elif current is not None:
-                out[current] = f"{out[current]} {line.strip()}".strip()
+        if not inside:
+            continue
+        if not line.strip():
+            current = None
+            continue
+        width = len(line) - len(line.lstrip())
+        if width == 0:  # the next section (Returns:, Raises:, ...) or prose ends the block
+            inside = False
+            continue
+        match = _ARG_LINE.match(line.strip())
+        if match and (indent is None or width <= indent):
+            indent, current = width, match.group(1).lstrip("*")
+            out.setdefault(current, match.group(3).strip())
+        elif current is not None:
+            out[current] = f"{out[current]} {line.strip()}".strip()
     return out
 
 
