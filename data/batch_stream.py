@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from data.cached_batches import CachedBatches, CachedPrefetcher
 from data.prefetcher import build_prefetcher
+from utils.logger import get_logger
 
 
 def _plain(value: Any) -> Any:
@@ -29,6 +31,8 @@ class BatchStream:
     (an automation changing the batch size or a dataset setting) restarts the loader at that
     position: batches the workers had already prepared with the old values are discarded and
     made again, so no sample is dropped or repeated and a resumed run sees the same batches.
+    A dataset with ``cache`` set gets its batches from :class:`~data.cached_batches.CachedBatches`
+    (made on the device from the same sampler items) instead of the loader's workers.
     """
 
     def __init__(self, loader: DataLoader, device: torch.device, prefetch_mode: str | None = None,
@@ -48,6 +52,9 @@ class BatchStream:
         self.batches = 0
         self._last_sizes: list[int] = []
         self._prefetcher: Any = None
+        self.cached: CachedBatches | None = None
+        if getattr(loader.dataset, "cache", None):
+            self.cached = CachedBatches(loader.dataset, device, channels_last, get_logger())
 
     # --------------------------------------------------------------------- knobs
 
@@ -95,6 +102,12 @@ class BatchStream:
 
     def restart(self) -> None:
         """Make the next batch anew from the current position (discarding prefetched ones)."""
+        self.close()
+
+    def close(self) -> None:
+        """Stop making batches ahead (a cached set's thread); the next :meth:`next` starts again."""
+        if isinstance(self._prefetcher, CachedPrefetcher):
+            self._prefetcher.close()
         self._prefetcher = None
 
     def rewind(self) -> None:
@@ -117,14 +130,20 @@ class BatchStream:
         order = self.batch_sampler.sampler.order()
         knobs = self.batch_sampler.knobs_at(step)
         items = [order[i % len(order)] for i in range(size)]
+        if self.cached is not None:
+            return self.cached.make([(index, seed, knobs) for index, seed in items])
         batch = self.loader.collate_fn([self.loader.dataset[(index, seed, knobs)] for index, seed in items])
         return batch_to_device(batch, self.device, self.channels_last, non_blocking=False)
 
     # ------------------------------------------------------------------- batches
 
     def _start(self) -> None:
+        self.close()
         self.batch_sampler.set_epoch(self.epoch)
         self.batch_sampler.set_start(self.position, self.batches)
+        if self.cached is not None:
+            self._prefetcher = CachedPrefetcher(self.cached, self.batch_sampler)
+            return
         self._prefetcher = build_prefetcher(self.loader, self.device, self.prefetch_mode,
                                             channels_last=self.channels_last)
 

@@ -266,8 +266,10 @@ def build_loaders(opt: Any, device: torch.device) -> tuple[Any, dict[str, DataLo
             val_loaders[name] = build_val_loader(ds_opt, rank, world)
             continue
         dataset = build_dataset(ds_opt)
+        # a cached set makes its batches on the device (data.cached_batches): workers would idle
+        workers = 0 if getattr(dataset, "cache", None) else ds_opt["num_worker_per_gpu"]
         loader = build_dataloader(
-            dataset, "train", ds_opt["batch_size_per_gpu"], ds_opt["num_worker_per_gpu"],
+            dataset, "train", ds_opt["batch_size_per_gpu"], workers,
             pin_memory=ds_opt["pin_memory"] and device.type == "cuda", persistent_workers=ds_opt["persistent_workers"],
             seed=opt.manual_seed, rank=rank, world_size=world, dataset_enlarge_ratio=ds_opt["dataset_enlarge_ratio"],
             accumulate=opt.train.accumulate_grad_batches if opt.train else 1)

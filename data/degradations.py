@@ -193,6 +193,34 @@ def coarse_dropout(
     return out
 
 
+def plan_lq_degradations(
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    jpeg: Mapping[str, Any] | None = None,
+    dropout: Mapping[str, Any] | None = None,
+) -> tuple[int | None, list[tuple[int, int, int, int]]]:
+    """What :func:`random_lq_degradations` does to an lq patch of ``shape``, drawn but not done:
+    ``(jpeg quality or None, dropout holes)``. The cached sets (data.cached_batches) apply the
+    holes on the device from the same draws.
+
+    Draws, in order: JPEG ``rng.random(2)`` (fire, quality); dropout ``rng.random(2)`` (fire,
+    hole count) then ``rng.random((holes_max, 3))`` (geometry), whether or not they fire.
+    """
+    quality = None
+    holes: list[tuple[int, int, int, int]] = []
+    if jpeg is not None:
+        fire, u_quality = rng.random(2)
+        if fire < jpeg["prob"]:
+            quality = _uniform_int(u_quality, *jpeg["quality"])
+    if dropout is not None:
+        fire, u_count = rng.random(2)
+        lo, hi = dropout["holes"]
+        count = _uniform_int(u_count, lo, hi) if fire < dropout["prob"] else 0
+        draws = rng.random((hi, 3))
+        holes = dropout_holes(shape, draws[:count], dropout["size"])
+    return quality, holes
+
+
 def random_lq_degradations(
     lq: np.ndarray,
     rng: np.random.Generator,
@@ -202,17 +230,14 @@ def random_lq_degradations(
     """JPEG (``jpeg``) then coarse dropout (``dropout``) of the lq patch, each with its ``prob``.
 
     ``jpeg`` / ``dropout`` are dicts as :func:`check_jpeg` / :func:`check_dropout` return, or
-    None (then nothing is drawn for them). Draws, in order: JPEG ``rng.random(2)`` (fire, quality);
-    dropout ``rng.random(2)`` (fire, hole count) then ``rng.random((holes_max, 3))`` (geometry).
+    None (then nothing is drawn for them); the draws are :func:`plan_lq_degradations`'.
     """
-    if jpeg is not None:
-        fire, u_quality = rng.random(2)
-        quality = _uniform_int(u_quality, *jpeg["quality"])
-        if fire < jpeg["prob"]:
-            lq = jpeg_compress(lq, quality)
-    if dropout is not None:
-        fire, u_count = rng.random(2)
-        lo, hi = dropout["holes"]
-        count = _uniform_int(u_count, lo, hi) if fire < dropout["prob"] else 0
-        lq = coarse_dropout(lq, count, rng, dropout["size"], dropout.get("fill", 0.0), max_holes=hi)
+    quality, holes = plan_lq_degradations(lq.shape, rng, jpeg, dropout)
+    if quality is not None:
+        lq = jpeg_compress(lq, quality)
+    if holes:
+        lq = np.array(lq, copy=True)
+        value = fill_value(lq.dtype, dropout.get("fill", 0.0))
+        for y, x, sy, sx in holes:
+            lq[y : y + sy, x : x + sx] = value
     return lq

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -10,7 +11,7 @@ from data.degradations import DropoutOptions, JpegOptions
 from data.image_io import to_float
 from data.imresize import imresize
 from data.lmdb_backend import IoBackend
-from data.paired_image_dataset import SizeProbe, SRImageDatasetBase, center_crop_pair
+from data.paired_image_dataset import CacheMode, PatchPlan, SizeProbe, SRImageDatasetBase, center_crop_pair
 from data.transforms import augment, mod_crop, random_crop
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Scheduled
@@ -51,10 +52,11 @@ class HRImageDataset(SRImageDatasetBase):
         lq_jpeg: JpegOptions | None = None,
         lq_dropout: DropoutOptions | None = None,
         io_backend: IoBackend | None = None,
+        cache: CacheMode | None = None,
     ) -> None:
         super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob, channels=channels,
                          value_scale=value_scale, center_crop=center_crop, lq_jpeg=lq_jpeg, lq_dropout=lq_dropout,
-                         io_backend=io_backend)
+                         io_backend=io_backend, cache=cache)
         self.dataroot_gt = dataroot_gt
         self.gt_paths = self._list(dataroot_gt, "dataroot_gt")
         self._keep_indices(indices)
@@ -92,3 +94,12 @@ class HRImageDataset(SRImageDatasetBase):
             gt = self._eval_gt(gt, gt_path)
         lq = np.clip(imresize(to_float(gt), 1.0 / self.scale), 0.0, 1.0)
         return gt, lq, gt_path, gt_path
+
+    def cache_read(self, index: int) -> tuple[np.ndarray, ...]:
+        return (self.read(self.gt_paths[index]),)
+
+    def plan_patch(self, index: int, rng: np.random.Generator, sizes: list[tuple[int, int]],
+                   knobs: dict[str, Any]) -> PatchPlan:
+        size = int(self.option("gt_size", knobs))
+        y, x, code, holes = self._draw_patch(rng, sizes[0], size, self.gt_paths[index], knobs)
+        return PatchPlan(index, ((y, x),), code, holes)

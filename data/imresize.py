@@ -130,3 +130,15 @@ def imresize_tensor(t: torch.Tensor, scale: float, antialiasing: bool = True) ->
     scale = _check_scale(scale)
     out = _resize_axis_torch(t, t.ndim - 2, scale, antialiasing)
     return _resize_axis_torch(out, t.ndim - 1, scale, antialiasing)
+
+
+def resize_matrix(in_len: int, scale: float, antialiasing: bool = True) -> np.ndarray:
+    """The (out_len, in_len) float64 matrix ``R`` with ``R @ x`` = :func:`imresize` of ``x``
+    along its first axis: the contributions as a dense matrix (a mirrored tap adds to its edge
+    pixel). Resizing a batch of patches is then two matrix products (``R @ X @ R.T``), two
+    kernels on a GPU instead of one gather and multiply-add per tap."""
+    scale = _check_scale(scale)
+    idx, w = contributions(in_len, output_length(in_len, scale), scale, antialiasing)
+    matrix = np.zeros((idx.shape[0], in_len), dtype=np.float64)
+    np.add.at(matrix, (np.arange(idx.shape[0])[:, None], idx), w)
+    return matrix

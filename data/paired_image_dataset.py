@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.degradations import DropoutOptions, JpegOptions, check_dropout, check_jpeg, random_lq_degradations
+from data.degradations import (
+    DropoutOptions,
+    JpegOptions,
+    check_dropout,
+    check_jpeg,
+    plan_lq_degradations,
+    random_lq_degradations,
+)
 from data.image_io import (
     ImageReadError,
     fit_channels,
@@ -23,13 +31,28 @@ from data.image_io import (
     tensor_to_float,
 )
 from data.lmdb_backend import IoBackend, LmdbReader, backend_type, key_of
-from data.transforms import augment, mod_crop, paired_random_crop
+from data.transforms import augment, crop_origin, flip_draws, mod_crop, paired_random_crop
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Schedule, Scheduled, as_schedule, integer_schedule
 
 logger = logging.getLogger("upforge")
 
 PHASES = ("train", "val", "test")
+
+CacheMode = Literal["ram", "gpu"]
+
+
+@dataclass(frozen=True)
+class PatchPlan:
+    """A training sample as drawn from its seed, before any pixel is touched (cached sets,
+    data.cached_batches): the patch corner in each of the sample's images (gt, then lq for
+    paired sets), the flip code ``h + 2 v + 4 t`` and the lq dropout holes."""
+
+    index: int
+    origins: tuple[tuple[int, int], ...]
+    flip_code: int
+    holes: tuple[tuple[int, int, int, int], ...] = ()
+
 
 #: training images whose size no header tells (WebP, ...) decoded at build to check it, at most;
 #: the rest are checked when they are cropped
@@ -90,6 +113,11 @@ class SRImageDatasetBase(Dataset):
             scale, default 0).
         io_backend: ``{type: disk}`` (image folders and stack files, the default) or ``{type: lmdb}``
             (BasicSR LMDB folders; needs the lmdb package).
+        cache: training only: ``ram`` or ``gpu``: decode every image once at start-up and keep it (uint8 for
+            8-bit sets) in RAM or on the GPU; crops, flips, rotations (and an HR set's bicubic LR, and
+            ``lq_dropout``) are then made on the run's device, batched, with the same patches as without the
+            cache; no data workers are used. The size is logged; a set that does not fit is refused at
+            start-up. Not with ``lq_jpeg`` (JPEG runs on the CPU). null: the CPU path with workers.
     """
 
     #: options that may change during a run (a schedule in the option file, or an automation)
@@ -98,7 +126,8 @@ class SRImageDatasetBase(Dataset):
     def __init__(self, scale: int, phase: str, gt_size: Any, use_hflip: bool, use_rot: bool,
                  aug_prob: Any = 0.5, *, channels: int = 3, value_scale: float | None = None,
                  center_crop: int | None = None, lq_jpeg: JpegOptions | None = None,
-                 lq_dropout: DropoutOptions | None = None, io_backend: IoBackend | None = None) -> None:
+                 lq_dropout: DropoutOptions | None = None, io_backend: IoBackend | None = None,
+                 cache: CacheMode | None = None) -> None:
         name = type(self).__name__
         self.io_backend = backend_type(io_backend, name)
         # dataroot → its reader (lmdb only); each reader opens the LMDB per process, on first read
@@ -122,6 +151,7 @@ class SRImageDatasetBase(Dataset):
                              f"{phase!r}; for a degraded validation set, write its LR images")
         self.lq_jpeg = check_jpeg(lq_jpeg, self.channels, f"{name}: lq_jpeg")
         self.lq_dropout = check_dropout(lq_dropout, f"{name}: lq_dropout")
+        self.cache = self._check_cache(cache)
         # Scheduled options: the value at step 0 is the default; non-constant schedules are handed
         # to the batch sampler, which evaluates them per batch and passes the values with the indices.
         self.schedules: dict[str, Schedule] = {}
@@ -144,6 +174,20 @@ class SRImageDatasetBase(Dataset):
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"{type(self).__name__}: channels must be a positive integer, got {channels!r}")
         return channels
+
+    def _check_cache(self, cache: Any) -> str | None:
+        name = type(self).__name__
+        if cache is None:
+            return None
+        if cache not in ("ram", "gpu"):
+            raise ValueError(f"{name}: cache must be ram, gpu or null, got {cache!r}")
+        if self.phase != "train":
+            raise ValueError(f"{name}: cache is for training sets (a {self.phase} set is read once per validation)")
+        if self.lq_jpeg is not None:
+            raise ValueError(f"{name}: lq_jpeg cannot be used with cache: JPEG compression runs on the CPU, and a "
+                             "cached set makes its batches on the device; leave out cache (the CPU path with "
+                             "workers) or lq_jpeg")
+        return cache
 
     def _check_value_scale(self, value_scale: Any) -> float | None:
         if value_scale is None:
@@ -333,9 +377,10 @@ class SRImageDatasetBase(Dataset):
             raise ValueError(f"{name}: gt_size {value} is too large for the training images: "
                              f"{self._patch_limit[1]}")
 
-    def option(self, name: str) -> Any:
-        """A live option's value for the sample being made (its knob, else the default)."""
-        return self._knobs.get(name, getattr(self, name))
+    def option(self, name: str, knobs: dict[str, Any] | None = None) -> Any:
+        """A live option's value for the sample being made: its value in ``knobs`` (by default
+        the knobs of the item being read), else the dataset's default."""
+        return (self._knobs if knobs is None else knobs).get(name, getattr(self, name))
 
     def _filter_meta_info(self, meta_info_file: str | None) -> None:
         """Keep only the gt images a BasicSR ``meta_info_file`` lists (one relative path per line,
@@ -366,6 +411,33 @@ class SRImageDatasetBase(Dataset):
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
         raise NotImplementedError
+
+    # ------------------------------------------------------------- cached sets
+
+    def cache_read(self, index: int) -> tuple[np.ndarray, ...]:
+        """Sample ``index``'s images as :meth:`load` reads them before cropping: ``(gt,)`` for sets
+        that make their lq, ``(gt, lq)`` otherwise."""
+        raise NotImplementedError
+
+    def plan_patch(self, index: int, rng: np.random.Generator, sizes: list[tuple[int, int]],
+                   knobs: dict[str, Any]) -> PatchPlan:
+        """Training sample ``index`` drawn from ``rng`` exactly as :meth:`load` and the lq
+        degradations draw it, for images of ``sizes`` (as :meth:`cache_read` returns them) and
+        the live options ``knobs``. Touches no state, so batches can be planned in a thread."""
+        raise NotImplementedError
+
+    def _draw_patch(self, rng: np.random.Generator, hw: tuple[int, int], size: int, path: Path,
+                    knobs: dict[str, Any]) -> tuple[int, int, int, tuple[tuple[int, int, int, int], ...]]:
+        """``(y, x, flip code, lq holes)`` of a ``size`` patch of an ``hw`` image, drawn in the
+        CPU path's order: crop corner, flips, lq degradations."""
+        h, w = hw
+        if h < size or w < size:
+            raise ValueError(f"image '{path}' is {h}x{w} (HxW), smaller than the {size}x{size} patch")
+        y, x = crop_origin(h, w, size, rng)
+        hflip, vflip, transpose = flip_draws(self.use_hflip, self.use_rot, rng, self.option("aug_prob", knobs))
+        lq_size = int(self.option("gt_size", knobs)) // self.scale
+        holes = plan_lq_degradations((lq_size, lq_size, self.channels), rng, self.lq_jpeg, self.lq_dropout)[1]
+        return y, x, hflip + 2 * vflip + 4 * transpose, tuple(holes)
 
     def _sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
         gt, lq, gt_path, lq_path = self.load(index, rng)
@@ -576,10 +648,11 @@ class PairedImageDataset(SRImageDatasetBase):
         lq_jpeg: JpegOptions | None = None,
         lq_dropout: DropoutOptions | None = None,
         io_backend: IoBackend | None = None,
+        cache: CacheMode | None = None,
     ) -> None:
         super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob, channels=channels,
                          value_scale=value_scale, center_crop=center_crop, lq_jpeg=lq_jpeg, lq_dropout=lq_dropout,
-                         io_backend=io_backend)
+                         io_backend=io_backend, cache=cache)
         if "{}" not in filename_tmpl:
             raise ValueError(f"PairedImageDataset: filename_tmpl {filename_tmpl!r} must contain '{{}}'")
         self.dataroot_gt = dataroot_gt
@@ -629,6 +702,16 @@ class PairedImageDataset(SRImageDatasetBase):
         elif self.center_crop is not None:
             gt, lq = center_crop_pair(gt, lq, self.center_crop, self.scale, gt_path)
         return gt, lq, gt_path, lq_path
+
+    def cache_read(self, index: int) -> tuple[np.ndarray, ...]:
+        return self._read_pair(index)[:2]
+
+    def plan_patch(self, index: int, rng: np.random.Generator, sizes: list[tuple[int, int]],
+                   knobs: dict[str, Any]) -> PatchPlan:
+        # as paired_random_crop: the corner is drawn on the lq grid, the gt's is scale times it
+        lq_size = int(self.option("gt_size", knobs)) // self.scale
+        y, x, code, holes = self._draw_patch(rng, sizes[1], lq_size, self.lq_paths[index], knobs)
+        return PatchPlan(index, ((y * self.scale, x * self.scale), (y, x)), code, holes)
 
 
 def _is_npy_file(path: str | Path) -> bool:

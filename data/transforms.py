@@ -19,6 +19,15 @@ def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
     return img[: h - h % scale, : w - w % scale]
 
 
+def crop_origin(h: int, w: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner ``(y, x)`` of a random ``size`` x ``size`` patch of an ``h`` x ``w`` image.
+
+    The one place crops draw from the generator (two integers, y then x): the CPU crops here and
+    the cached sets' device crops (data.cached_batches) call it, so both cut the same patch.
+    """
+    return int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+
+
 def random_crop(
     img: np.ndarray, size: int, rng: np.random.Generator, path: str | Path | None = None
 ) -> np.ndarray:
@@ -26,8 +35,7 @@ def random_crop(
     h, w = img.shape[:2]
     if h < size or w < size:
         raise ValueError(f"image{_name(path)} is {h}x{w} (HxW), smaller than the {size}x{size} patch")
-    y = int(rng.integers(0, h - size + 1))
-    x = int(rng.integers(0, w - size + 1))
+    y, x = crop_origin(h, w, size, rng)
     return img[y : y + size, x : x + size]
 
 
@@ -55,8 +63,7 @@ def paired_random_crop(
             f"lq image of{_name(gt_path)} is {h_lq}x{w_lq}, smaller than the {lq_size}x{lq_size} "
             f"patch (gt_size {gt_size} / scale {scale})"
         )
-    y = int(rng.integers(0, h_lq - lq_size + 1))
-    x = int(rng.integers(0, w_lq - lq_size + 1))
+    y, x = crop_origin(h_lq, w_lq, lq_size, rng)
     lq_patch = lq[y : y + lq_size, x : x + lq_size]
     gt_patch = gt[y * scale : y * scale + gt_size, x * scale : x * scale + gt_size]
     return gt_patch, lq_patch
@@ -72,10 +79,7 @@ def augment(imgs: list[np.ndarray], hflip: bool, rot: bool, rng: np.random.Gener
     Three random numbers are drawn on every call, so the generator advances the same way
     whatever the flags are.
     """
-    draws = rng.random(3)
-    do_h = hflip and draws[0] < prob
-    do_v = rot and draws[1] < prob
-    do_t = rot and draws[2] < prob
+    do_h, do_v, do_t = flip_draws(hflip, rot, rng, prob)
 
     def apply(img: np.ndarray) -> np.ndarray:
         if do_h:
@@ -87,3 +91,10 @@ def augment(imgs: list[np.ndarray], hflip: bool, rot: bool, rng: np.random.Gener
         return np.ascontiguousarray(img)
 
     return [apply(img) for img in imgs]
+
+
+def flip_draws(hflip: bool, rot: bool, rng: np.random.Generator, prob: float = 0.5) -> tuple[bool, bool, bool]:
+    """Whether :func:`augment` flips horizontally, flips vertically and transposes (applied in
+    that order); three draws whatever the flags are. Shared with the cached sets' device flips."""
+    draws = rng.random(3)
+    return bool(hflip and draws[0] < prob), bool(rot and draws[1] < prob), bool(rot and draws[2] < prob)

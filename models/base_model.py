@@ -158,7 +158,16 @@ class BaseModel(ValidationMixin):
         """
         if dist.is_dist():
             ids = [self.device.index] if self.device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+            # Gradients as views of the all-reduce buckets: no copy of every gradient into its
+            # bucket and back, two kernels per parameter per step a launch-bound small network
+            # pays in full. Buffers are broadcast from rank 0 before every forward only when
+            # something trains them (batch-norm statistics); the constants SR networks keep as
+            # buffers (mean shifts, filter taps) are equal on every rank anyway, and the
+            # broadcast would add a collective, a sync point, to every step.
+            running_stats = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+                                for m in net.modules())
+            net = nn.parallel.DistributedDataParallel(net, device_ids=ids, gradient_as_bucket_view=True,
+                                                      broadcast_buffers=running_stats)
         return self.compiled(net, compile_net)
 
     @staticmethod

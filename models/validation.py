@@ -12,7 +12,7 @@ from torch import nn
 from utils import dist
 from utils.options import MetricEntry, head_and_kwargs
 from utils.registry import METRIC_REGISTRY
-from utils.tiling import tile_forward
+from utils.tiling import DEFAULT_TILE_OVERLAP, tile_forward
 from utils.tta import tta_forward
 
 
@@ -28,16 +28,20 @@ class ValidationMixin:
 
     @torch.no_grad()
     def inference(self, lq: torch.Tensor, net: nn.Module | Any | None = None) -> torch.Tensor:
+        """``net`` (default: :meth:`eval_net`) on ``lq`` in eval mode under the runner's autocast, in
+        ``val.tile`` tiles (``val.tile_batch`` per forward) and with ``val.tta``; float32 out."""
         net = net if net is not None else self.eval_net()
         val = self.opt.val
-        tile, overlap, tta = (val.tile, val.tile_overlap, val.tta) if val is not None else (0, 16, False)
+        tile, overlap, batch, tta = ((val.tile, val.tile_overlap, val.tile_batch, val.tta) if val is not None
+                                     else (0, DEFAULT_TILE_OVERLAP, 1, False))
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             with self.autocast():
+                # float32 at once, so the tile blend and the TTA mean are not rounded to the AMP dtype
                 return net(x.contiguous(memory_format=self.memory_format)).float()
 
         def tiled(x: torch.Tensor) -> torch.Tensor:
-            return tile_forward(forward, x, self.opt.scale, tile, overlap) if tile > 0 else forward(x)
+            return tile_forward(forward, x, self.opt.scale, tile, overlap, batch) if tile > 0 else forward(x)
 
         if not isinstance(net, nn.Module):  # a plain function, e.g. a bicubic baseline
             return tta_forward(tiled, lq) if tta else tiled(lq)

@@ -1,12 +1,15 @@
 """Training throughput: iterations per second and peak memory of the real training step.
 
     python scripts/benchmark_train.py -opt options/train/EDSR/train_EDSR_Mx2.yml \
-        [-o amp=bf16 -o channels_last=true ...] [--iters 300] [--warmup 50] [--data-only]
+        [-o amp=bf16 -o channels_last=true ...] [--iters 300] [--warmup 50] [--modes full,step,data]
 
 The run is built exactly as train.py builds it (datasets from PNG files, workers, prefetcher,
 runner, EMA, scheduler, the option file's training automations and their hooks, the logging
 steps every ``logger.print_freq``); validation and checkpointing are left out. Timing covers
-``--iters`` steps after ``--warmup`` steps, with one device synchronisation at each end.
+``--iters`` steps after ``--warmup`` steps, with one device synchronisation at each end, for each
+of ``--modes``: the whole step (``full``), the step alone on one reused batch (``step``) and the
+data pipeline alone (``data``), so the gap between the full rate and the slower of the other two
+shows what is left to overlap.
 """
 
 from __future__ import annotations
@@ -34,8 +37,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data_only: bool = False,
-              synthetic: bool = False, sync_debug: bool = False) -> dict:
+MODES = ("full", "step", "data")
+
+
+def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, modes: tuple[str, ...] = ("full",),
+              sync_debug: bool = False) -> list[dict]:
+    """One result per mode, all from one built run (one compile): ``full`` (data and step as in
+    training), ``step`` (one real batch reused: the step alone) and ``data`` (batches only)."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {unknown}; known: {', '.join(MODES)}")
     data = load_yaml(opt_path)
     for expr in overrides:
         apply_override(data, expr)
@@ -50,69 +61,76 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, data
     loop = TrainingLoop(opt, model, stream, val_loaders, automations, Path(tempfile.mkdtemp()),
                         TensorBoardWriter(None), log)
     print_freq = opt.logger.print_freq
-    if not data_only:
+    trains = any(m != "data" for m in modes)
+    if trains:
         loop.hook("on_train_start")
+    fixed = [stream.next() for _ in range(accumulate)]
+    iteration = 0
 
-    fixed = [stream.next() for _ in range(accumulate)] if synthetic else None
-
-    def step(i: int) -> None:
-        # synthetic: reuse one real batch, so only the training step itself is timed
-        batches = fixed if synthetic else [stream.next() for _ in range(accumulate)]
-        if data_only:
+    def step(mode: str) -> None:
+        nonlocal iteration
+        iteration += 1
+        # step: reuse one real batch, so only the training step itself is timed
+        batches = fixed if mode == "step" else [stream.next() for _ in range(accumulate)]
+        if mode == "data":
             return
-        model.train_step(batches, i)
-        loop.ctx.iteration = i
+        model.train_step(batches, iteration)
+        loop.ctx.iteration = iteration
         logs = None
-        if i % print_freq == 0:  # a logging step reads the device once, as in training
+        if iteration % print_freq == 0:  # a logging step reads the device once, as in training
             if sync_debug and device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("default")
-            logs = model.pop_logs(i)
+            logs = model.pop_logs(iteration)
             if sync_debug and device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("error")
         loop.hook("on_step_end", logs)
 
-    for i in range(warmup):
-        step(i + 1)
-    model.pop_logs(warmup) if not data_only else None
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    if sync_debug and device.type == "cuda":
-        # Any host-device synchronisation inside the timed steps now raises instead of stalling.
-        torch.cuda.set_sync_debug_mode("error")
-    start = time.perf_counter()
-    for i in range(iters):
-        step(warmup + i + 1)
-    if sync_debug and device.type == "cuda":
-        torch.cuda.set_sync_debug_mode("default")
-    _sync(device)
-    elapsed = time.perf_counter() - start
-    if not data_only:
-        model.check_finite(warmup + iters)
+    def timed(mode: str, count: int) -> float:
+        _sync(device)
+        if sync_debug and device.type == "cuda":
+            # Any host-device synchronisation inside the timed steps now raises instead of stalling.
+            torch.cuda.set_sync_debug_mode("error")
+        start = time.perf_counter()
+        for _ in range(count):
+            step(mode)
+        if sync_debug and device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+        _sync(device)
+        return time.perf_counter() - start
+
+    timed("full" if trains else "data", warmup)  # compiles, autotunes, fills the workers' queues
+    if trains:
+        model.pop_logs(iteration)
     train_ds = opt.datasets["train"]
-    result = {
+    common = {
         "option_file": opt_path,
         "overrides": overrides,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "arch": opt.network_g["type"],
         "batch_size": stream.knob("batch_size", warmup + iters),
         "gt_size": stream.knob("gt_size", warmup + iters),
-        "workers": train_ds.get("num_worker_per_gpu"),
+        "cache": train_ds.get("cache"),
+        "workers": 0 if train_ds.get("cache") else train_ds.get("num_worker_per_gpu"),
         "amp": opt.amp,
         "channels_last": opt.channels_last,
         "compile": opt.compile,
         "automations": [a.name for a in automations],
-        "data_only": data_only,
-        "synthetic": synthetic,
         "sync_debug": sync_debug,
         "iters": iters,
-        "it_per_s": iters / elapsed,
-        "ms_per_it": 1000 * elapsed / iters,
     }
-    if device.type == "cuda":
-        result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        result["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 2**30
-    return result
+    results = []
+    for mode in modes:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        elapsed = timed(mode, iters)
+        result = {**common, "mode": mode, "it_per_s": iters / elapsed, "ms_per_it": 1000 * elapsed / iters}
+        if device.type == "cuda":
+            result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            result["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 2**30
+        results.append(result)
+    if trains:
+        model.check_finite(iteration)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,15 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--override", action="append", default=[])
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--data-only", action="store_true", help="time the data pipeline alone")
-    parser.add_argument("--synthetic", action="store_true", help="reuse one batch: time the step alone")
+    parser.add_argument("--modes", default="full",
+                        help="comma-separated, measured in one run: full (training), step (one batch reused: the "
+                             "step alone), data (the data pipeline alone)")
+    parser.add_argument("--data-only", action="store_true", help="= --modes data")
+    parser.add_argument("--synthetic", action="store_true", help="= --modes step")
     parser.add_argument("--sync-debug", action="store_true",
                         help="fail if a timed step synchronises the host with the GPU")
     parser.add_argument("--json", help="append the result as one JSON line to this file")
     args = parser.parse_args(argv)
-    result = benchmark(args.opt, args.override, args.iters, args.warmup, args.data_only, args.synthetic,
-                       args.sync_debug)
-    emit(result, args.json)
+    modes = tuple(args.modes.split(","))
+    modes = ("data",) if args.data_only else ("step",) if args.synthetic else modes
+    for result in benchmark(args.opt, args.override, args.iters, args.warmup, modes, args.sync_debug):
+        emit(result, args.json)
     return 0
 
 

@@ -47,7 +47,7 @@ def test_tiled_equals_untiled_when_overlap_covers_receptive_field(h, w, tile):
 
 
 @torch.no_grad()
-def test_tiles_are_processed_one_at_a_time_and_are_bounded():
+def test_tiles_are_one_size_and_bounded():
     net = _small_net()
     lq = torch.rand(1, 3, 20, 14)
     sizes: list[tuple[int, int]] = []
@@ -57,8 +57,9 @@ def test_tiles_are_processed_one_at_a_time_and_are_bounded():
         return net(x)
 
     tile_forward(fn, lq, scale=2, tile=8, tile_overlap=2)
-    # Rows: [0,8) [8,16) [16,20) → extended [0,10) [6,18) [14,20); columns [0,8) [8,14) → [0,10) [6,14).
-    assert sizes == [(10, 10), (10, 8), (12, 10), (12, 8), (6, 10), (6, 8)]
+    # Windows of 8 + 2*2 + 1 (blend) = 13 px, one at a time by default: rows start at 0 and 7,
+    # columns at 0 and 1 (the 14-px side still needs two windows of 13).
+    assert sizes == [(13, 13)] * 4
 
 
 @torch.no_grad()
@@ -87,7 +88,7 @@ def test_no_tiling_calls_fn_once():
 
 def test_tiling_errors_are_clear():
     lq = torch.rand(1, 3, 10, 10)
-    with pytest.raises(ValueError, match=r"scale=2 expected \(N, C, 12, 12\)"):
+    with pytest.raises(ValueError, match=r"scale=2 expected \(N, C, 18, 18\)"):  # 9-px windows
         tile_forward(lambda x: x, lq, scale=2, tile=4, tile_overlap=2)
     with pytest.raises(ValueError, match="tile_overlap"):
         tile_forward(lambda x: x, lq, scale=1, tile=4, tile_overlap=-1)

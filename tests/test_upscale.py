@@ -13,12 +13,14 @@ from safetensors.torch import load_file
 
 from archs.edsr_arch import EDSR
 from archs.rrdbnet_arch import RRDBNet
+from utils.tiling import DEFAULT_TILE_OVERLAP, blend_width
 from utils.weights import save_network
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 ANIME_6B = SHARED / "weights" / "realesrgan" / "RealESRGAN_x4plus_anime_6B.safetensors"
-BABY_LR = SHARED / "data" / "Set5" / "LR_bicubic" / "X4" / "babyx4.png"
+SET5_X4 = SHARED / "data" / "Set5" / "LR_bicubic" / "X4"
+BABY_LR = SET5_X4 / "babyx4.png"
 
 
 def _load_script():
@@ -144,6 +146,85 @@ def test_half_runs_bf16_on_cpu(tmp_path: Path, small_edsr) -> None:
     half = upscale_script.upscale(tmp_path / "in.png", tmp_path / "half.png", weights, half=True)[0]
     diff = np.abs(cv2.imread(str(full)).astype(int) - cv2.imread(str(half)).astype(int))
     assert 0 < diff.max() <= 6  # bf16 differs, but only a little
+
+
+def test_cli_tile_batch_bf16_channels_last(tmp_path: Path, small_edsr) -> None:
+    weights, net = small_edsr
+    bgr = _crop(tmp_path / "in.png", 10, 20, 56)
+    with torch.no_grad():
+        ref = _quantise(net(_tensor(bgr))).astype(int)  # fp32, whole image, plain layout
+    # 56 px with windows of 20 + 2*8 + 4 = 40: 2 x 2 tiles, so --tile-batch 3 runs batches of 3 and 1.
+    base = ["-i", str(tmp_path / "in.png"), "--model", str(weights), "--device", "cpu", "--tile", "20",
+            "--tile-overlap", "8", "--tile-batch", "3", "--channels-last"]
+    assert upscale_script.main([*base, "-o", str(tmp_path / "fp32.png")]) == 0
+    fp32 = cv2.imread(str(tmp_path / "fp32.png")).astype(int)
+    # The receptive radius (6 LR px) is inside the overlap: tiles, batches and NHWC change only the
+    # float rounding, which can move a pixel across a rounding boundary by one level at most.
+    assert np.abs(fp32 - ref).max() <= 1 and (fp32 == ref).mean() > 0.999
+    assert upscale_script.main([*base, "--precision", "bf16", "-o", str(tmp_path / "bf16.png")]) == 0
+    diff = np.abs(cv2.imread(str(tmp_path / "bf16.png")).astype(int) - ref)
+    # bf16 keeps 8 significant bits: the input alone is rounded by up to 2^-9 relative (~0.5 level
+    # at the top of the range), then every weight and activation; test_half_runs_bf16_on_cpu puts this
+    # network's whole-image bf16 error at <= 6 levels. Tiling in bf16 must not add to it (the blend is
+    # summed in float32), and most pixels stay within a level.
+    assert 0 < diff.max() <= 6 and diff.mean() < 1.0
+
+
+def test_precision_choices() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert upscale_script.resolve_precision(None, False, cpu) == torch.float32
+    assert upscale_script.resolve_precision(None, True, cpu) == torch.bfloat16  # --half on the CPU
+    assert upscale_script.resolve_precision(None, True, cuda) == torch.float16
+    assert upscale_script.resolve_precision("fp16", False, cpu) == torch.float16
+    assert upscale_script.resolve_precision("bf16", True, cpu) == torch.bfloat16  # agrees with --half
+    with pytest.raises(ValueError, match="contradicts --precision fp16"):
+        upscale_script.resolve_precision("fp16", True, cpu)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        upscale_script.resolve_precision("int8", False, cpu)
+    with pytest.raises(ValueError, match="tile_batch must be an int >= 1, got 0"):
+        upscale_script.upscale("missing.png", "out.png", "missing.safetensors", tile_batch=0)
+    net = upscale_script.prepare_network(EDSR(num_feat=8, num_block=1, scale=2), cpu, torch.bfloat16,
+                                         channels_last=True, compile_net=True)
+    assert hasattr(net, "_orig_mod")  # wrapped by torch.compile (compiled lazily, on the first call)
+    conv = net._orig_mod.conv_first.weight
+    assert conv.dtype == torch.bfloat16 and conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def _mirror_wide(img: np.ndarray, width: int) -> np.ndarray:
+    """``img`` extended to ``width`` columns by mirroring it (natural content on both sides)."""
+    while img.shape[1] < width:
+        img = np.concatenate([img, img[:, ::-1]], axis=1)
+    return np.ascontiguousarray(img[:, :width])
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared (real weights and Set5)")
+def test_realesrgan_default_overlap_keeps_50db(tmp_path: Path) -> None:
+    """Tiles of 64 with the default overlap stay >= 50 dB from a whole-image pass with the real
+    anime model. Set5 images are smaller than one window (64 + 2*overlap + blend), so each one is
+    mirrored to one window plus one tile stride wide: two windows overlapping by the minimum, the
+    worst case a large image sees at every seam. 72 rows keep it to one row of tiles (and fast)."""
+    model, kwargs = upscale_script.build_model(ANIME_6B)
+    window = 64 + 2 * DEFAULT_TILE_OVERLAP + blend_width(DEFAULT_TILE_OVERLAP)
+    calls = []
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return model(x)
+
+    for name in ("babyx4.png", "birdx4.png"):
+        img = cv2.imread(str(SET5_X4 / name), cv2.IMREAD_COLOR)
+        lq = _tensor(_mirror_wide(img[:72], window + 64))
+        whole = upscale_script.run_model(model, lq, 4)
+        calls.clear()
+        tiled = upscale_script.run_model(counted, lq, 4, tile=64)  # tile_overlap: the default
+        assert len(calls) == 2  # really tiled
+        mse = torch.mean((tiled.clamp(0, 1) - whole.clamp(0, 1)) ** 2).item()
+        assert 10 * np.log10(1 / mse) >= 50, name
+    # Without overlap (4 plain tiles, hard cuts) the same check fails: it measures the seams.
+    cut = upscale_script.run_model(model, lq, 4, tile=64, tile_overlap=0)
+    mse = torch.mean((cut.clamp(0, 1) - whole.clamp(0, 1)) ** 2).item()
+    assert 10 * np.log10(1 / mse) < 50
+    assert kwargs["scale"] == 4
 
 
 def test_explicit_arch_and_cli(tmp_path: Path, small_edsr) -> None:

@@ -50,6 +50,7 @@ from utils.registry import (
 )
 from utils.schedule import Schedule, Scheduled, integer_schedule
 from utils.steps import Step, resolve_step
+from utils.tiling import DEFAULT_TILE_OVERLAP
 
 
 class OptionsError(ValueError):
@@ -340,7 +341,10 @@ class ValOptions(_Section):
         {}, description="validation metrics by name; the first set's first metric picks net_g_best")
     tta: bool = Field(False, description="8-way flip/rotation test-time augmentation at validation")
     tile: int = Field(0, ge=0, description="validate in overlapping LR tiles of this size (0: whole images)")
-    tile_overlap: int = Field(16, ge=0, description="LR pixels each tile grows by on every side")
+    tile_overlap: int = Field(DEFAULT_TILE_OVERLAP, ge=0, description="LR context pixels discarded at each inner "
+                              "tile edge (neighbouring tiles also cross-fade over a band half as wide)")
+    tile_batch: int = Field(1, ge=1, description="tiles stacked into one forward pass (more is faster on a GPU, "
+                            "uses more memory)")
     baselines: bool = Field(False, description="also score nearest and bicubic upscaling of the validation sets")
 
 

@@ -1,0 +1,115 @@
+"""DDP scaling: train.py's own it/s on one GPU and per rank on N GPUs, for one option file.
+
+    python scripts/benchmark_ddp.py -opt options/train/EDSR/train_EDSR_Mx2.yml --gpus 2 \
+        [-o compile=reduce-overhead -o amp=bf16 ...] [--iters 3000] [--skip 1] [--json FILE]
+
+Runs ``python train.py`` (one process) and then ``torchrun --standalone --nproc_per_node N
+train.py`` with the same options and overrides, each for ``--iters`` iterations, validating once
+at the end (sharded across the ranks) and saving nothing in between. The rate of a run is the
+median of the it/s that train.py logs every ``logger.print_freq`` iterations, leaving out the first
+``--skip`` intervals (compilation, autotuning, the workers' first batches). Scaling is
+``N * per-rank rate / one-GPU rate``: N for perfect scaling, since every rank trains on its own
+``batch_size_per_gpu``. The multi-GPU run must also end with identical weights on every rank
+(train.py checks it and logs "weights identical on all N ranks: True").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.bench_report import emit  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+_RATE = re.compile(r"iter (\d+)/\d+\s+([0-9.]+) it/s")
+_IDENTICAL = re.compile(r"weights identical on all (\d+) ranks: (True|False)")
+
+
+def parse_rates(log: str) -> list[tuple[int, float]]:
+    """``(iteration, it/s)`` of every progress line train.py printed."""
+    return [(int(it), float(rate)) for it, rate in _RATE.findall(log)]
+
+
+def run_rate(log: str, skip: int) -> float:
+    """The median logged rate after the first ``skip`` intervals."""
+    rates = [rate for _, rate in parse_rates(log)][skip:]
+    if not rates:
+        raise RuntimeError("train.py logged no it/s after the skipped intervals; raise --iters or lower "
+                           "logger.print_freq (-o logger.print_freq=N)")
+    return statistics.median(rates)
+
+
+def replicas_identical(log: str) -> bool | None:
+    found = _IDENTICAL.findall(log)
+    return found[-1][1] == "True" if found else None
+
+
+def command(opt: str, overrides: list[str], gpus: int, iters: int, print_freq: int, root: Path) -> list[str]:
+    """The train.py command line (under torchrun when ``gpus`` > 1)."""
+    fixed = [f"train.total_iter={iters}", f"logger.print_freq={print_freq}", f"val.val_freq={iters}",
+             f"logger.save_checkpoint_freq={iters}", "logger.use_tb_logger=false",
+             f"path.experiments_root={root}", f"name=ddp_bench_{gpus}gpu"]
+    args = ["train.py", "-opt", opt] + [a for o in fixed + overrides for a in ("-o", o)]
+    if gpus == 1:
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *args]
+
+
+def run(cmd: list[str], gpus: int) -> str:
+    # One log line per line (rich wraps at the terminal width). torchrun gives every rank one
+    # OpenMP thread unless OMP_NUM_THREADS is set; the one-GPU run gets the same, so the two
+    # differ only in the number of processes.
+    env = dict(os.environ, COLUMNS="250", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if gpus == 1:
+        env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    log = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {done.returncode}:\n{log[-4000:]}")
+    return log
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-opt", "--opt", required=True)
+    parser.add_argument("-o", "--override", action="append", default=[])
+    parser.add_argument("--gpus", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=3000)
+    parser.add_argument("--print-freq", type=int, default=250)
+    parser.add_argument("--skip", type=int, default=1, help="logged intervals left out at the start")
+    parser.add_argument("--stage", choices=("both", "one", "multi"), default="both",
+                        help="run both, or only the one-GPU or the multi-GPU run (e.g. one-GPU runs of two option "
+                             "files side by side on a two-GPU machine); scaling needs both")
+    parser.add_argument("--json", help="append the result as one JSON line to this file")
+    args = parser.parse_args(argv)
+    counts = {"both": (1, args.gpus), "one": (1,), "multi": (args.gpus,)}[args.stage]
+    root = Path(tempfile.mkdtemp(prefix="ddp_bench_"))
+    try:
+        rates, identical = {}, None
+        for gpus in counts:
+            log = run(command(args.opt, args.override, gpus, args.iters, args.print_freq, root), gpus)
+            rates[gpus] = run_rate(log, args.skip)
+            if gpus > 1:
+                identical = replicas_identical(log)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    result = {"option_file": args.opt, "overrides": args.override, "iters": args.iters, "gpus": args.gpus,
+              "one_gpu_it_per_s": rates.get(1), "per_rank_it_per_s": rates.get(args.gpus),
+              "replicas_identical": identical}
+    if len(rates) == 2:
+        result["scaling"] = args.gpus * rates[args.gpus] / rates[1]
+    emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

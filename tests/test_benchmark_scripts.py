@@ -1,0 +1,54 @@
+"""The training benchmarks' own logic: benchmark_train's modes in one run, benchmark_ddp's log
+parsing and command lines (the GPU numbers themselves are in docs/speed.md)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from scripts import benchmark_ddp
+from scripts.benchmark_train import benchmark
+from tests.conftest import small_train_yaml
+
+LOG = """\
+[11/30/26 01:00:01] INFO     iter 250/1000  61.00 it/s  eta 12s  l1 0.1
+[11/30/26 01:00:05] INFO     iter 500/1000  100.00 it/s  eta 5s  l1 0.05
+[11/30/26 01:00:07] INFO     iter 750/1000  104.00 it/s  eta 2s  l1 0.04
+[11/30/26 01:00:09] INFO     iter 1000/1000  98.00 it/s  eta 0s  l1 0.04
+[11/30/26 01:00:10] INFO     DDP: weights identical on all 2 ranks: True
+"""
+
+
+def test_ddp_rate_is_the_median_after_the_skipped_intervals():
+    assert benchmark_ddp.parse_rates(LOG) == [(250, 61.0), (500, 100.0), (750, 104.0), (1000, 98.0)]
+    assert benchmark_ddp.run_rate(LOG, skip=1) == 100.0  # median of 100, 104, 98
+    assert benchmark_ddp.run_rate(LOG, skip=0) == 99.0   # median of 61, 100, 104, 98
+    assert benchmark_ddp.replicas_identical(LOG) is True
+    assert benchmark_ddp.replicas_identical(LOG.replace(": True", ": False")) is False
+    assert benchmark_ddp.replicas_identical("no ddp here") is None
+    with pytest.raises(RuntimeError, match="no it/s after the skipped intervals"):
+        benchmark_ddp.run_rate(LOG, skip=4)
+
+
+def test_ddp_commands_run_train_py_alone_and_under_torchrun(tmp_path):
+    one = benchmark_ddp.command("a.yml", ["amp=bf16"], 1, 3000, 250, tmp_path)
+    two = benchmark_ddp.command("a.yml", ["amp=bf16"], 2, 3000, 250, tmp_path)
+    assert one[:4] == [sys.executable, "train.py", "-opt", "a.yml"]
+    assert two[:5] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    # the same train.py arguments, but each run in its own experiment folder
+    assert [a.replace("2gpu", "1gpu") for a in two[5:]] == one[1:]
+    assert "name=ddp_bench_2gpu" in two
+    for expected in ("train.total_iter=3000", "val.val_freq=3000", "logger.print_freq=250", "amp=bf16"):
+        assert one[one.index(expected) - 1] == "-o"
+    assert one[-1] == "amp=bf16"  # the user's overrides come last and win
+
+
+def test_benchmark_train_measures_every_mode_in_one_run(tmp_path, hr_folder):
+    path = small_train_yaml(tmp_path, hr_folder)
+    results = benchmark(str(path), ["datasets.train.cache=ram"], iters=4, warmup=1, modes=("full", "step", "data"))
+    assert [r["mode"] for r in results] == ["full", "step", "data"]
+    assert all(r["cache"] == "ram" and r["workers"] == 0 and r["it_per_s"] > 0 for r in results)
+    assert all(abs(r["ms_per_it"] * r["it_per_s"] - 1000) < 1e-6 for r in results)
+    with pytest.raises(ValueError, match="unknown mode"):
+        benchmark(str(path), [], iters=1, warmup=1, modes=("fast",))
