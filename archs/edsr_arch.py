@@ -74,6 +74,10 @@ class EDSR(nn.Module):
 
     valid_scales: ClassVar[tuple[int, ...]] = (2, 3, 4)
     test_kwargs: ClassVar[dict] = {"num_feat": 8, "num_block": 2}
+    #: the scale-specific end (sub-pixel upsampler and the conv after it): what ``train.tail_only``
+    #: trains, what ``train.lr_tail`` applies to, and what a warm start from another scale renews;
+    #: everything else (conv_first, body, conv_after_body) is the trunk, identical at every scale
+    tail_prefixes: ClassVar[tuple[str, ...]] = ("upsample.", "conv_last.")
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from data.auto_split import SplitOptions
 from data.degradations import DropoutOptions, JpegOptions
 from data.image_io import to_float
 from data.imresize import imresize
@@ -53,10 +54,11 @@ class HRImageDataset(SRImageDatasetBase):
         lq_dropout: DropoutOptions | None = None,
         io_backend: IoBackend | None = None,
         cache: CacheMode | None = None,
+        split: SplitOptions | None = None,
     ) -> None:
         super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob, channels=channels,
                          value_scale=value_scale, center_crop=center_crop, lq_jpeg=lq_jpeg, lq_dropout=lq_dropout,
-                         io_backend=io_backend, cache=cache)
+                         io_backend=io_backend, cache=cache, split=split)
         self.dataroot_gt = dataroot_gt
         self.gt_paths = self._list(dataroot_gt, "dataroot_gt")
         self._keep_indices(indices)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from data.auto_split import SplitOptions, check_split, split_indices, split_name
 from data.degradations import (
     DropoutOptions,
     JpegOptions,
@@ -105,7 +106,11 @@ class SRImageDatasetBase(Dataset):
         value_scale: divisor of the stored values instead of the type's (255 for uint8, 65535 for uint16,
             float as stored), e.g. 10000 for Sentinel-2 reflectance; the samples are then float32.
         indices: keep only the images at these positions of the sorted list (stacks expanded into their
-            items; applied before ``meta_info_file``), e.g. ``[0, 1, 2, 3]``.
+            items; applied after ``split`` and before ``meta_info_file``), e.g. ``[0, 1, 2, 3]``.
+        split: ``{part: train | val | test, ratios: [train, val, test], seed: 0}``: keep one part of a
+            deterministic split of the dataroot; each image's part comes from a hash of (seed, its name), so
+            adding files never moves others between parts (pairs go by the gt's name). Applied first, then
+            ``indices`` (positions within the part), then ``meta_info_file``. See data/auto_split.py.
         lq_jpeg: training only: ``{prob, quality: [lo, hi]}``: with probability ``prob``, JPEG-compress the
             lq patch at a quality drawn from [lo, hi] (1-100); for ``channels`` 1 or 3.
         lq_dropout: training only: ``{prob, holes: [min, max], size: [min, max], fill}``: with probability
@@ -127,8 +132,10 @@ class SRImageDatasetBase(Dataset):
                  aug_prob: Any = 0.5, *, channels: int = 3, value_scale: float | None = None,
                  center_crop: int | None = None, lq_jpeg: JpegOptions | None = None,
                  lq_dropout: DropoutOptions | None = None, io_backend: IoBackend | None = None,
-                 cache: CacheMode | None = None) -> None:
+                 cache: CacheMode | None = None, split: SplitOptions | None = None) -> None:
         name = type(self).__name__
+        self.split = check_split(split, f"{name}: split")
+        self._left_out: set[str] = set()  # names of images the split left out (see _leave_out)
         self.io_backend = backend_type(io_backend, name)
         # dataroot → its reader (lmdb only); each reader opens the LMDB per process, on first read
         self._lmdb: dict[Path, LmdbReader] = {}
@@ -209,17 +216,44 @@ class SRImageDatasetBase(Dataset):
         return size
 
     def _keep_indices(self, indices: list[int] | None) -> None:
-        """Keep only the images at these positions of the sorted list (stacks expanded)."""
+        """Keep only the images of the ``split`` part (if any), then those at these positions of
+        the sorted list (stacks expanded)."""
+        self._keep_split()
         if indices is None:
             return
         name, n = type(self).__name__, len(self.gt_paths)
         bad = [i for i in indices if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
         if bad:
-            raise ValueError(f"{name}: indices {bad} out of range: '{self.dataroot_gt}' holds {n} images "
+            part = f" (in split part {self.split['part']!r})" if self.split else ""
+            raise ValueError(f"{name}: indices {bad} out of range: '{self.dataroot_gt}' holds {n} images{part} "
                              f"(indices 0 to {n - 1})")
         if not indices or len(set(indices)) != len(indices):
             raise ValueError(f"{name}: indices must be a non-empty list without repeats, got {indices}")
         keep = sorted(indices)
+        self.gt_paths = [self.gt_paths[i] for i in keep]
+        if hasattr(self, "lq_paths"):
+            self.lq_paths = [self.lq_paths[i] for i in keep]
+
+    def _keep_split(self) -> None:
+        """Keep only the images of the ``split`` part, chosen by their gt names (data.auto_split)."""
+        if self.split is None:
+            return
+        names = [split_name(p, self.dataroot_gt) for p in self.gt_paths]
+        keep = split_indices(names, self.split)
+        if not keep:
+            raise ValueError(f"{type(self).__name__}: split part {self.split['part']!r} of '{self.dataroot_gt}' holds "
+                             f"none of its {len(names)} images (ratios {list(self.split['ratios'])}, seed "
+                             f"{self.split['seed']}); use more images or a larger ratio")
+        self._leave_out(keep)
+
+    def _leave_out(self, keep: list[int]) -> None:
+        """Keep the samples at positions ``keep``; the names of the others (relative path and
+        file name) go to ``_left_out``, which ``meta_info_file`` may still list."""
+        kept = set(keep)
+        for i, path in enumerate(self.gt_paths):
+            if i not in kept:
+                rel = split_name(path, self.dataroot_gt)  # an LMDB image may be listed by its bare key
+                self._left_out.update((path.name, rel, rel + path.suffix))
         self.gt_paths = [self.gt_paths[i] for i in keep]
         if hasattr(self, "lq_paths"):
             self.lq_paths = [self.lq_paths[i] for i in keep]
@@ -396,12 +430,16 @@ class SRImageDatasetBase(Dataset):
         by_name = {p.name: i for i, p in enumerate(self.gt_paths)}
         if self._lmdb:  # an LMDB image may also be listed by its bare key (unique, unlike folder stems)
             by_name.update({self.stem(p): i for i, p in enumerate(self.gt_paths)})
-        missing = [n for n in names if n not in by_rel and n not in by_name]
+        # an image the split (or a subclass's filter) left out may be listed: the list may cover the whole folder
+        missing = [n for n in names if n not in by_rel and n not in by_name and n not in self._left_out]
         if missing:
             raise FileNotFoundError(
                 f"{type(self).__name__}: {len(missing)} images listed in {path} are not in "
                 f"{self.dataroot_gt}: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
-        keep = sorted({by_rel.get(n, by_name.get(n)) for n in names})
+        keep = sorted({by_rel.get(n, by_name.get(n)) for n in names if n in by_rel or n in by_name})
+        if names and not keep:
+            raise ValueError(f"{type(self).__name__}: none of the {len(names)} images listed in {path} is left after "
+                             "the split (or the dataset's own filter)")
         self.gt_paths = [self.gt_paths[i] for i in keep]
         if hasattr(self, "lq_paths"):
             self.lq_paths = [self.lq_paths[i] for i in keep]
@@ -649,10 +687,11 @@ class PairedImageDataset(SRImageDatasetBase):
         lq_dropout: DropoutOptions | None = None,
         io_backend: IoBackend | None = None,
         cache: CacheMode | None = None,
+        split: SplitOptions | None = None,
     ) -> None:
         super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob, channels=channels,
                          value_scale=value_scale, center_crop=center_crop, lq_jpeg=lq_jpeg, lq_dropout=lq_dropout,
-                         io_backend=io_backend, cache=cache)
+                         io_backend=io_backend, cache=cache, split=split)
         if "{}" not in filename_tmpl:
             raise ValueError(f"PairedImageDataset: filename_tmpl {filename_tmpl!r} must contain '{{}}'")
         self.dataroot_gt = dataroot_gt

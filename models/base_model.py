@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from models.loss_set import loss_inputs
+from models.param_groups import trainable_params
 from models.validation import ValidationMixin
 from utils import dist
 from utils.checkpoint import rng_state, set_rng_state
@@ -180,11 +181,18 @@ class BaseModel(ValidationMixin):
 
     def add_trained(self, name: str, net: nn.Module, key: str, optim_opt: dict[str, Any],
                     sched_opt: dict[str, Any] | None, grad_clip: float | None, params: list | None = None) -> None:
-        """Register ``net`` as trained by optimiser ``key`` (with its scheduler and clipping)."""
+        """Register ``net`` as trained by optimiser ``key`` (with its scheduler and clipping).
+
+        ``params``: the parameters or param groups (dicts with ``params`` and e.g. their own ``lr``)
+        to optimise; default every parameter of ``net`` that requires gradients. Parameters with
+        ``requires_grad`` off are left out of every group (a group left empty is dropped), so a
+        frozen part costs no optimiser state. Freeze before calling: DDP, wrapped here, registers
+        the parameters that require gradients at that moment.
+        """
         net.train()
         self.nets[name] = net
         self.train_nets[name] = self.wrap(net, self.opt.compile)
-        params = params if params is not None else [p for p in net.parameters() if p.requires_grad]
+        params = trainable_params(net if params is None else params, name)
         kwargs = {k: v for k, v in optim_opt.items() if k != "type"}
         self.optimizers[key] = OPTIMIZER_REGISTRY.get(optim_opt["type"])(params, **kwargs)
         self.trained_nets[key] = name

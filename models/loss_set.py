@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from utils.logger import get_logger
 from utils.options import LossEntry, head_and_kwargs
 from utils.registry import LOSS_REGISTRY
 from utils.schedule import Schedule
@@ -31,13 +32,23 @@ class LossTerm:
         self.weight = weight
         self.inputs = inputs
         self.multiplier = 1.0  # set by automations (dynamic loss weights); saved in the state
+        # a loss whose weight depends on the step by its own rule (a ramp, sampled steps) defines
+        # ``step_weight(step) -> float``; the same on every rank and on resume, as it sees only the step
+        self.step_weight: Callable[[int], float] | None = getattr(fn, "step_weight", None)
+
+    def weight_at(self, step: int) -> float:
+        """The scheduled weight at ``step`` times the loss's own ``step_weight`` (without the multiplier)."""
+        weight = self.weight(step)
+        return weight * self.step_weight(step) if self.step_weight is not None and weight else weight
 
 
 class LossSet:
     """Weighted sum of listed losses. A loss returns an unweighted value; the weight applied at
-    step ``s`` is ``loss_weight(s) x multiplier``. Each unweighted term is logged as
-    ``<prefix>/<label>`` and the weighted sum as ``total_key`` (``losses/...`` and ``losses/total``
-    unless the runner names them otherwise); a term whose weight is 0 is not computed.
+    step ``s`` is ``loss_weight(s) x multiplier``, times ``fn.step_weight(s)`` for a loss that
+    defines it (DistillationLoss: its ramp, 0 on the steps it does not draw). Each unweighted term
+    is logged as ``<prefix>/<label>`` and the weighted sum as ``total_key`` (``losses/...`` and
+    ``losses/total`` unless the runner names them otherwise); a term whose weight is 0 is not
+    computed.
     """
 
     def __init__(self, entries: list[dict[str, Any]], device: torch.device,
@@ -79,7 +90,7 @@ class LossSet:
         total: torch.Tensor | None = None
         as_float: dict[str, torch.Tensor] = {}  # losses are computed in float32, also under autocast
         for term in self.terms:
-            weight = term.weight(step) * term.multiplier
+            weight = term.weight_at(step) * term.multiplier
             if weight == 0.0:
                 continue
             args = [as_float.setdefault(k, tensors[k].float()) for k in term.inputs]
@@ -97,5 +108,12 @@ class LossSet:
         return {t.label: t.multiplier for t in self.terms}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore the multipliers. A term of the saved run that this run does not have (a loss
+        dropped before resuming, e.g. distillation) is skipped with a warning; a term the saved run
+        did not have keeps 1.0."""
         for label, value in state.items():
+            if label not in self.labels:
+                get_logger().warning(f"the training state has a multiplier for the loss '{label}', which this run "
+                                     f"does not have (losses: {', '.join(self.labels)}); ignored")
+                continue
             self.term(label).multiplier = float(value)

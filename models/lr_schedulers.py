@@ -119,37 +119,95 @@ class MultiStepLR(_ClosedFormLR):
 
 @SCHEDULER_REGISTRY.register()
 class CosineAnnealingLR(_ClosedFormLR):
-    """Linear warm-up, then a half cosine from the base LR down to ``eta_min`` at ``total_iter``.
+    """Linear warm-up, a half cosine down to a floor, and optionally a final low-LR phase.
+
+    LR of a group whose base LR is ``L`` (its ``initial_lr``: ``optim_g.lr``, or ``train.lr_trunk`` /
+    ``lr_tail`` for a staged run's group), at step ``s``, with ``W = warmup_iter``,
+    ``f0 = warmup_start_factor`` and ``E`` the step the cosine ends at (``final_phase_start`` when set,
+    else ``total_iter``):
+
+    - ``s < W``: ``L * (f0 + (1 - f0) * s / W)``;
+    - ``W <= s < E`` (and after ``total_iter`` without a final phase):
+      ``floor + (L - floor) * (1 + cos(pi * t)) / 2`` with ``t = min(s - W, E - W) / (E - W)``, where
+      ``floor = L * eta_min_factor`` when that is set, else ``min(eta_min, L)`` (an absolute floor,
+      never above the group's own LR);
+    - ``s >= final_phase_start``: ``L * final_min_lr_factor``, to the end of the run;
+
+    times ``group.get("lr_scale", 1.0)`` in every case. With ``eta_min_factor`` every group follows
+    the same curve relative to its own base LR, so a trunk and a tail group keep their ratio.
 
     Args:
         optimizer: the optimiser whose LR is scheduled; passed by the trainer.
-        total_iter: iteration at which the cosine reaches ``eta_min`` (the LR stays there after it).
-        eta_min: final LR, an absolute floor shared by every parameter group (never above a group's own LR).
+        total_iter: iteration at which the cosine reaches its floor (the LR stays there after it), when there is
+            no final phase.
+        eta_min: absolute LR floor of the cosine, shared by every parameter group (never above a group's own LR);
+            null: 1e-7, unless ``eta_min_factor`` is set. Not with ``eta_min_factor``.
+        eta_min_factor: floor of the cosine relative to each group's base LR (e.g. 0.01); null: ``eta_min``.
         warmup_iter: iterations of linear warm-up from ``warmup_start_factor`` x the LR up to the LR (below
             ``total_iter``); 0: none.
         warmup_start_factor: share of the LR at iteration 0 of the warm-up, in [0, 1].
+        final_phase_start: iteration (e.g. ``0.9T``) from which the LR is the base LR times
+            ``final_min_lr_factor``; the cosine then reaches its floor at this iteration instead of at
+            ``total_iter``. Null: no final phase. Above ``warmup_iter``, at most ``total_iter``.
+        final_min_lr_factor: the final phase's LR relative to each group's base LR, in [0, 1]; set together with
+            ``final_phase_start``.
     """
 
     def __init__(
         self,
         optimizer: torch.optim.Optimizer,
         total_iter: Step,
-        eta_min: float = 1e-7,
+        eta_min: float | None = None,
+        eta_min_factor: float | None = None,
         warmup_iter: Step = 0,
         warmup_start_factor: float = 0.1,
+        final_phase_start: Step | None = None,
+        final_min_lr_factor: float | None = None,
     ) -> None:
         if warmup_iter >= total_iter:
             raise ValueError(f"warmup_iter ({warmup_iter}) must be below total_iter ({total_iter})")
+        if eta_min is not None and eta_min_factor is not None:
+            raise ValueError(f"set eta_min ({eta_min}, an absolute LR) or eta_min_factor ({eta_min_factor}, relative "
+                             "to each group's LR), not both")
+        if eta_min_factor is not None and not 0.0 <= eta_min_factor <= 1.0:
+            raise ValueError(f"eta_min_factor must be in [0, 1], got {eta_min_factor}")
+        _check_final_phase(final_phase_start, final_min_lr_factor, warmup_iter, total_iter)
         self.total_iter = total_iter
-        self.eta_min = eta_min
+        self.eta_min = 1e-7 if eta_min is None and eta_min_factor is None else eta_min
+        self.eta_min_factor = eta_min_factor
+        self.final_phase_start = final_phase_start
+        self.final_min_lr_factor = final_min_lr_factor
         super().__init__(optimizer, warmup_iter, warmup_start_factor)
 
+    def floor(self, initial_lr: float) -> float:
+        """The cosine's end value for a group starting at ``initial_lr``."""
+        if self.eta_min_factor is not None:
+            return initial_lr * self.eta_min_factor
+        return min(self.eta_min, initial_lr)
+
     def decayed_lr(self, initial_lr: float, step: int) -> float:
-        span = self.total_iter - self.warmup_iter
+        if self.final_phase_start is not None and step >= self.final_phase_start:
+            return initial_lr * self.final_min_lr_factor
+        end = self.total_iter if self.final_phase_start is None else self.final_phase_start
+        span = end - self.warmup_iter
         t = min(max(step - self.warmup_iter, 0), span) / span
-        # eta_min is an absolute LR floor, the same for every parameter group (never above a group's own LR).
-        floor = min(self.eta_min, initial_lr)
+        floor = self.floor(initial_lr)
         return floor + (initial_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _check_final_phase(start: int | None, factor: float | None, warmup_iter: int, total_iter: int) -> None:
+    """Both final-phase keys or neither; the phase after the warm-up and within the run."""
+    if (start is None) != (factor is None):
+        given, missing = ("final_phase_start", "final_min_lr_factor") if factor is None else (
+            "final_min_lr_factor", "final_phase_start")
+        raise ValueError(f"{given} needs {missing} too (the final phase's start and its LR factor go together)")
+    if start is None:
+        return
+    if not warmup_iter < start <= total_iter:
+        raise ValueError(f"final_phase_start ({start}) must be after warmup_iter ({warmup_iter}) and at most "
+                         f"total_iter ({total_iter})")
+    if not 0.0 <= factor <= 1.0:
+        raise ValueError(f"final_min_lr_factor must be in [0, 1], got {factor}")
 
 
 @SCHEDULER_REGISTRY.register()

@@ -11,6 +11,7 @@ from torch import nn
 
 from models.base_model import BaseModel, NonFiniteLossError, quantize
 from models.loss_set import LossSet
+from models.param_groups import check_stage_options, describe_groups, stage_param_groups
 from utils.ema import ModelEMA
 from utils.options import Options, component_keyword
 from utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
@@ -41,6 +42,7 @@ class SRModel(BaseModel):
                 have = component_keyword(DATASET_REGISTRY, ds, "channels")
                 if want is not None and have is not None and have != want:
                     problems.append((f"datasets.{name}.channels", f"{have}, but network_g.{key} is {want}"))
+        problems.extend(check_stage_options(opt))  # tail_only / lr_trunk / lr_tail on an arch with a tail
         return problems
 
     def __init__(self, opt: Options, device: torch.device) -> None:
@@ -55,7 +57,12 @@ class SRModel(BaseModel):
             return
         if t.ema_decay > 0:
             self.ema = ModelEMA(net_g, t.ema_decay, t.ema_update_after, t.ema_warmup)
-        self.add_trained("net_g", net_g, "g", t.optim_g, t.scheduler, t.grad_clip)
+        # train.tail_only / lr_trunk / lr_tail: the trunk frozen (before DDP wraps the network) or
+        # its own param group; None: one group of every parameter
+        groups = stage_param_groups(net_g, t.tail_only, t.lr_trunk, t.lr_tail, "net_g")
+        self.add_trained("net_g", net_g, "g", t.optim_g, t.scheduler, t.grad_clip, params=groups)
+        if groups is not None:
+            self.log.info(describe_groups(self.optimizers["g"], net_g, "net_g", t.tail_only))
         prefix, total = self.loss_log_names
         self.losses = LossSet(t.losses, device, self.log_value, prefix=prefix, total_key=total,
                               autocast=self.autocast, memory_format=self.memory_format)

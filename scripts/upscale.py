@@ -1,8 +1,9 @@
-"""Upscale an image or a folder of images with a trained network.
+"""Upscale an image, a folder of images or a video with a trained network.
 
     python scripts/upscale.py -i INPUT -o OUTPUT --model FILE [--arch NAME] [--arch-opt key=value ...]
         [--scale N] [--tile N --tile-overlap N --tile-batch N] [--tta] [--precision fp32|fp16|bf16 | --half]
         [--channels-last] [--compile] [--device auto|cpu|cuda|mps]
+        [--frame-batch N] [--fourcc CODE] [--log-every N]
 
 Without ``--arch`` the architecture and its options come from the file's metadata (every weight
 file upforge writes describes its network) or are inferred from the weights (RRDBNet, EDSR).
@@ -13,6 +14,13 @@ float16 on CUDA / MPS and bfloat16 on the CPU (CPU float16 convolutions are slow
 ``--tile`` runs overlapping, feathered tiles (``--tile-batch`` of them per forward pass);
 ``--channels-last`` and ``--compile`` (torch.compile; slow to compile on the CPU) are speed
 options. docs/inference.md explains the choices. The weights prefer ``params_ema`` over ``params``.
+
+A video input (``.mp4 .mov .avi .mkv .webm``) is read frame by frame through OpenCV, each frame goes
+through the same path as an image (tiles, TTA, precision; ``--frame-batch`` frames per pass) and
+the result is written to a video of the same frame rate and ``scale`` times the frame size. The
+codec follows the output's extension (``VIDEO_CODECS``; ``--fourcc`` overrides it): .mkv is FFV1,
+lossless, the one to pick for pixel art; .mp4 / .mov mp4v and .avi MJPG are lossy. Audio is not
+carried over. docs/tools.md has the details.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,6 +197,130 @@ def _plan(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     return [(src, dst)]
 
 
+# Output codec per extension, each checked to write and read back with this OpenCV (FFmpeg backend).
+# FFV1 is lossless (pixel art keeps its hard edges); mp4v (MPEG-4 part 2) and MJPG blur them.
+# H.264 ('avc1') is missing from the pip OpenCV wheels, so it is not offered by default.
+VIDEO_CODECS = {".mkv": "FFV1", ".avi": "MJPG", ".mp4": "mp4v", ".mov": "mp4v", ".webm": "VP80"}
+DEFAULT_FPS = 25.0  # for streams that do not state a frame rate
+
+
+def is_video(path: str | Path) -> bool:
+    """True for the file extensions handled as video (``VIDEO_CODECS``)."""
+    return Path(path).suffix.lower() in VIDEO_CODECS
+
+
+def _video_output(src: Path, dst: Path) -> Path:
+    """The output file for input video ``src``: ``dst`` when it names a video file, else ``dst/<src name>``."""
+    if not src.is_file():
+        raise FileNotFoundError(f"input '{src}' does not exist")
+    return dst if is_video(dst) and not dst.is_dir() else dst / src.name
+
+
+def open_video(path: Path) -> tuple[cv2.VideoCapture, float, int]:
+    """An opened capture of ``path``, its frame rate and its frame count as the container states it
+    (0 when unknown; only used for progress lines)."""
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise ValueError(f"video '{path}': OpenCV cannot open it (not a video, or a codec this OpenCV build lacks)")
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    if not fps or not np.isfinite(fps) or fps <= 0:
+        get_logger().warning(f"video '{path}' states no frame rate; writing {DEFAULT_FPS} frames/s")
+        fps = DEFAULT_FPS
+    return capture, float(fps), max(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
+
+
+def open_video_writer(path: Path, fps: float, size: tuple[int, int], fourcc: str | None = None) -> cv2.VideoWriter:
+    """A VideoWriter for BGR frames of ``size`` (width, height); the codec from the extension unless given."""
+    code = fourcc or VIDEO_CODECS.get(path.suffix.lower())
+    if code is None or len(code) != 4:
+        raise ValueError(f"video output '{path}': no codec; use one of {', '.join(VIDEO_CODECS)} or a 4-letter "
+                         f"--fourcc (got {code!r})")
+    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*code), fps, size)
+    if not writer.isOpened():
+        raise ValueError(f"video output '{path}': OpenCV cannot write codec '{code}' at {size[0]}x{size[1]} into "
+                         f"a {path.suffix} file; try another extension ({', '.join(VIDEO_CODECS)}) or --fourcc")
+    return writer
+
+
+def read_frames(capture: cv2.VideoCapture, batch: int) -> Iterator[list[np.ndarray]]:
+    """The capture's BGR uint8 frames in lists of ``batch`` (the last may be shorter)."""
+    frames: list[np.ndarray] = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+        if len(frames) == batch:
+            yield frames
+            frames = []
+    if frames:
+        yield frames
+
+
+def frames_to_tensor(frames: Sequence[np.ndarray]) -> torch.Tensor:
+    """BGR uint8 frames → an N x 3 x H x W float32 RGB batch in [0, 1], the values ``read_image`` +
+    ``img2tensor`` give an 8-bit image file (level / 255 in float32)."""
+    rgb = np.stack([f[:, :, ::-1] for f in frames]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).float().div_(255.0)
+
+
+def tensor_to_frames(out: torch.Tensor) -> list[np.ndarray]:
+    """An N x 3 x H x W float batch → BGR uint8 frames, clipped and rounded as ``write_image`` rounds."""
+    return [np.round(tensor2img(img[None]).astype(np.float64) * 255).astype(np.uint8)[:, :, ::-1].copy()
+            for img in out]
+
+
+def upscale_video(src: Path, dst: Path, forward: Callable[[torch.Tensor], torch.Tensor], scale: int,
+                  device: torch.device, dtype: torch.dtype, frame_batch: int = 1, fourcc: str | None = None,
+                  log_every: int = 100) -> Path:
+    """Upscale every frame of ``src`` with ``forward`` (an NCHW float batch on ``device`` in ``dtype``
+    → float32 output) into the video ``dst``: same frame rate, ``scale`` times the size, no audio.
+
+    The video is written to ``<stem>.partial<ext>`` first and renamed when complete, so a failed
+    run leaves no file that looks finished.
+    """
+    capture, fps, total = open_video(src)
+    partial = dst.with_name(f"{dst.stem}.partial{dst.suffix}")
+    writer, size, done, start = None, None, 0, time.perf_counter()
+    try:
+        for frames in read_frames(capture, frame_batch):
+            if size is None:
+                size = frames[0].shape[:2]
+            if any(f.shape[:2] != size for f in frames):
+                raise ValueError(f"video '{src}': frame size changes near frame {done} ({size} before)")
+            out = forward(frames_to_tensor(frames).to(device, dtype))
+            expected = (len(frames), 3, size[0] * scale, size[1] * scale)
+            if tuple(out.shape) != expected:
+                raise ValueError(f"video '{src}': the network gave {tuple(out.shape)} for {len(frames)} frame(s) of "
+                                 f"{size[1]}x{size[0]}, expected {expected} (3 channels, x{scale})")
+            if writer is None:
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                writer = open_video_writer(partial, fps, (expected[3], expected[2]), fourcc)
+            for frame in tensor_to_frames(out):
+                writer.write(frame)
+            done, before = done + len(frames), done
+            if log_every > 0 and done // log_every > before // log_every:
+                _log_progress(src, done, total, time.perf_counter() - start)
+    except BaseException:
+        capture.release()
+        if writer is not None:
+            writer.release()
+        partial.unlink(missing_ok=True)
+        raise
+    capture.release()
+    if writer is None:
+        raise ValueError(f"video '{src}': no frame could be decoded (empty or corrupt file)")
+    writer.release()
+    partial.replace(dst)
+    _log_progress(src, done, total, time.perf_counter() - start)
+    return dst
+
+
+def _log_progress(src: Path, done: int, total: int, seconds: float) -> None:
+    of = f" of {total}" if total else ""  # the container's count can be approximate
+    get_logger().info(f"{src.name}: {done}{of} frames, {done / max(seconds, 1e-9):.2f} frames/s")
+
+
 def upscale(
     input: str | Path,
     output: str | Path,
@@ -205,36 +338,51 @@ def upscale(
     precision: str | None = None,
     channels_last: bool = False,
     compile_net: bool = False,
+    frame_batch: int = 1,
+    fourcc: str | None = None,
+    log_every: int = 100,
 ) -> list[Path]:
-    """Upscale one image or every image of a folder; returns the written files.
+    """Upscale one image, every image of a folder, or a video; returns the written files.
 
     ``precision`` (fp32 / fp16 / bf16) wins over ``half`` (fp16 on CUDA / MPS, bf16 on the CPU);
-    the output is converted to float32 before it is written either way.
+    the output is converted to float32 before it is written either way. Video only:
+    ``frame_batch`` frames per forward pass, ``fourcc`` the output codec (default from the output's
+    extension, ``VIDEO_CODECS``), a progress line every ``log_every`` frames (0: only at the end).
     """
-    if isinstance(tile_batch, bool) or not isinstance(tile_batch, int) or tile_batch < 1:
-        raise ValueError(f"tile_batch must be an int >= 1, got {tile_batch!r}")  # before any work
-    pairs = _plan(Path(input), Path(output))
+    for name, value in (("tile_batch", tile_batch), ("frame_batch", frame_batch)):  # before any work
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    video = is_video(input) and not Path(input).is_dir()
+    pairs = [(Path(input), _video_output(Path(input), Path(output)))] if video else _plan(Path(input), Path(output))
     dev = select_device(device)
     dtype = resolve_precision(precision, half, dev)
     net, kwargs = build_model(model, arch, arch_opts, scale, param_key)
     in_ch = kwargs.get("num_in_ch", inspect.signature(type(net)).parameters["num_in_ch"].default)
     run = prepare_network(net, dev, dtype, channels_last, compile_net)
+
+    def forward(lq: torch.Tensor) -> torch.Tensor:
+        return run_model(run, lq, kwargs["scale"], tile, tile_overlap, tta, tile_batch, channels_last)
+
+    if video:
+        if in_ch != 3:
+            raise ValueError(f"{input}: video frames are 3-channel colour, the network takes {in_ch} channel(s)")
+        src, dst = pairs[0]
+        return [upscale_video(src, dst, forward, kwargs["scale"], dev, dtype, frame_batch, fourcc, log_every)]
     written = []
     for src, dst in pairs:
         img = read_image(src, keep_channels=in_ch != 3)
         if img.shape[2] != in_ch:
             raise ValueError(f"{src}: image has {img.shape[2]} channel(s), the network takes {in_ch}")
         lq = img2tensor(img).unsqueeze(0).to(dev, dtype)
-        out = run_model(run, lq, kwargs["scale"], tile, tile_overlap, tta, tile_batch, channels_last)
-        write_image(dst, tensor2img(out.float()), bit_depth=_bit_depth(src))
+        write_image(dst, tensor2img(forward(lq).float()), bit_depth=_bit_depth(src))
         written.append(dst)
     return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-i", "--input", required=True, help="image file or folder")
-    parser.add_argument("-o", "--output", required=True, help="output image file or folder")
+    parser.add_argument("-i", "--input", required=True, help="image file, folder or video file")
+    parser.add_argument("-o", "--output", required=True, help="output image file, folder or video file")
     parser.add_argument("--model", required=True, help="weights (.safetensors / .pth)")
     parser.add_argument("--arch", default=None, help="registered arch name (default: inferred)")
     parser.add_argument("--arch-opt", action="append", default=[], metavar="KEY=VALUE")
@@ -250,6 +398,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (slow first image)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--param-key", default="params_ema", help="checkpoint entry to prefer")
+    parser.add_argument("--frame-batch", type=int, default=1, help="video: frames per forward pass")
+    parser.add_argument("--fourcc", default=None,
+                        help=f"video: output codec (default by extension: "
+                             f"{', '.join(f'{k} {v}' for k, v in VIDEO_CODECS.items())})")
+    parser.add_argument("--log-every", type=int, default=100, help="video: a progress line every N frames")
     args = parser.parse_args(argv)
     logger = setup_logger()
     try:
@@ -257,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.input, args.output, args.model, arch=args.arch, arch_opts=parse_arch_opts(args.arch_opt),
             scale=args.scale, tile=args.tile, tile_overlap=args.tile_overlap, tta=args.tta, half=args.half,
             device=args.device, param_key=args.param_key, tile_batch=args.tile_batch, precision=args.precision,
-            channels_last=args.channels_last, compile_net=args.compile,
+            channels_last=args.channels_last, compile_net=args.compile, frame_batch=args.frame_batch,
+            fourcc=args.fourcc, log_every=args.log_every,
         )
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         get_logger().error(str(err))

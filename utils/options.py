@@ -33,6 +33,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 from typing_extensions import NotRequired, Required, TypedDict, is_typeddict
 
@@ -248,6 +249,15 @@ def _try_gan_loss(section: dict[str, Any]) -> None:
     cls(**{k: v for k, v in section.items() if k not in ("type", "loss_weight")})
 
 
+def _check_loss(section: dict[str, Any]) -> None:
+    """A loss class may check its keywords before anything is built (a file it reads, a teacher's
+    scale) with a ``check_keywords(**kwargs)`` classmethod that raises ValueError: --check and the
+    start of a run then report the problem at the entry, before an earlier run is archived."""
+    hook = getattr(LOSS_REGISTRY.get(section["type"]), "check_keywords", None)
+    if hook is not None:
+        hook(**{k: v for k, v in section.items() if k != "type"})
+
+
 class MetricEntry(_Section):
     type: str = Field(description="registered metric function, e.g. calculate_psnr")
     better: Literal["higher", "lower"] | None = Field(None, description="whether higher or lower values are better "
@@ -292,7 +302,7 @@ def _component(registry: Registry, **kw: Any) -> Any:
 NETWORK = _component(ARCH_REGISTRY, inject=("scale",))
 OPTIMIZER = _component(OPTIMIZER_REGISTRY, skip=("params",), check=_try_optimizer)
 SCHEDULER = _component(SCHEDULER_REGISTRY, skip=("optimizer",), inject=("total_iter",), check=_try_scheduler)
-LOSSES = _component(LOSS_REGISTRY, many="list", head=LossEntry)
+LOSSES = _component(LOSS_REGISTRY, many="list", head=LossEntry, inject=("scale", "total_iter"), check=_check_loss)
 GAN = _component(LOSS_REGISTRY, head=GANEntry, check=_try_gan_loss)
 
 
@@ -323,6 +333,12 @@ class TrainOptions(_Section):
                              "first n updates")
     grad_clip: Float | None = Field(None, gt=0, description="clip the generator's gradient norm to this value "
                                     "(logged as grad_norm; none: no clipping)")
+    tail_only: bool = Field(False, description="train only the arch's tail (e.g. EDSR's upsample and conv_last): "
+                            "the trunk is frozen, outside the optimiser and held in eval mode")
+    lr_trunk: Float | None = Field(None, ge=0, description="learning rate of the trunk's param group instead of "
+                                   "optim_g.lr (the scheduler scales it like the base LR); not with tail_only")
+    lr_tail: Float | None = Field(None, ge=0, description="learning rate of the tail's param group instead of "
+                                  "optim_g.lr (the scheduler scales it like the base LR)")
     accumulate_grad_batches: int = Field(1, ge=1, description="micro-batches whose gradients are summed per "
                                          "optimiser step")
     # metrics of the training batch, logged as train_metrics/<name> at each logging step
@@ -331,6 +347,15 @@ class TrainOptions(_Section):
     training_automations: _component(AUTOMATION_REGISTRY, many="dict", head=AutomationEntry,
                                      type_from_key=True) = Field(
         {}, description="automations the loop calls through hooks, keyed by registered name")
+
+    @model_validator(mode="after")
+    def _frozen_trunk_has_no_lr(self) -> TrainOptions:
+        # the arch half of the check (an arch that names no tail) needs network_g: see
+        # models.param_groups.check_stage_options
+        if self.tail_only and self.lr_trunk is not None:
+            raise ValueError("tail_only: true freezes the trunk, so it takes no learning rate; remove lr_trunk, or "
+                             "set tail_only: false to train the trunk at lr_trunk")
+        return self
 
 
 class ValOptions(_Section):
@@ -346,6 +371,8 @@ class ValOptions(_Section):
     tile_batch: int = Field(1, ge=1, description="tiles stacked into one forward pass (more is faster on a GPU, "
                             "uses more memory)")
     baselines: bool = Field(False, description="also score nearest and bicubic upscaling of the validation sets")
+    strips: int = Field(0, ge=0, description="test.py: save LR | each model | HR strips of the first K images of each "
+                        "test set")
 
 
 class KeepBest(_Section):
@@ -382,7 +409,8 @@ class ModelEntry(_Section):
     """An extra model compared by test.py (``models:`` list)."""
 
     name: str = Field(description="name of the model in the results table and folder")
-    path: str = Field(description="weights file to evaluate")
+    path: str = Field(description="weights file or training-run folder to evaluate; may start with ema:, swa:, "
+                      "twopass:, tta: (docs/evaluation.md)")
     param_key: str = Field("params", description="key of the weights inside the file (params, params_ema)")
     strict_load: bool = Field(True, description="fail on missing, unexpected or mis-shaped keys")
     network_g: NETWORK | None = Field(None, description="its network (default: what the weight file records, else "

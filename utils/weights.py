@@ -300,7 +300,11 @@ def save_network(net: nn.Module | dict, path: str | Path, metadata: dict[str, st
 @dataclass
 class LoadReport:
     """What ``load_network`` did: keys loaded, missing (new in the net), unexpected (dropped),
-    mismatched in shape, ignored by the arch's key adaptation, and renamed (old → new)."""
+    mismatched in shape, ignored by the arch's key adaptation, and renamed (old → new).
+
+    A warm start across scales also fills ``scale`` (the file's scale, the network's) and lists
+    the tail keys the network keeps freshly initialised (``renewed``: "new (scale changed)") and
+    the file's tail keys left unused (``dropped``: "dropped (scale changed)")."""
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -308,16 +312,23 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
+    scale: tuple[int | None, int | None] | None = None
+    renewed: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    note: str = ""
 
     def summary(self) -> str:
-        parts = [f"{len(self.loaded)} loaded"]
+        parts = [self.note] if self.note else []
+        parts.append(f"{len(self.loaded)} loaded")
         if self.renamed:
             parts.append(f"{len(self.renamed)} renamed")
-        for name in ("missing", "unexpected", "mismatched", "ignored"):
+        for name, label in (("renewed", "new (scale changed)"), ("dropped", "dropped (scale changed)"),
+                            ("missing", "missing"), ("unexpected", "unexpected"), ("mismatched", "mismatched"),
+                            ("ignored", "ignored")):
             keys = getattr(self, name)
             if keys:
                 shown = ", ".join(keys[:8]) + (" ..." if len(keys) > 8 else "")
-                parts.append(f"{len(keys)} {name} ({shown})")
+                parts.append(f"{len(keys)} {label} ({shown})")
         return "; ".join(parts)
 
 
@@ -327,12 +338,76 @@ def adapt_state_dict(net: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, t
     return dict(hook(sd)) if callable(hook) else sd
 
 
+def _recorded_scale(path: str | Path | Mapping, sd: dict[str, torch.Tensor], target: nn.Module,
+                    infer: bool) -> int | None:
+    """The scale the weights were trained at: the file's metadata (every file upforge writes records
+    it), else, with ``infer``, what :func:`infer_arch` reads from the keys when they are of the
+    target's arch (a guess for RRDBNet files whose bands differ, so strict loads do not use it);
+    None when unknown."""
+    if not isinstance(path, Mapping):
+        recorded = read_metadata(path).get("scale")
+        if recorded is not None:
+            try:
+                return int(recorded)
+            except ValueError:
+                return None
+    if not infer:
+        return None
+    try:
+        arch, kwargs = infer_arch(sd)
+    except (KeyError, ValueError, IndexError):
+        return None
+    return int(kwargs["scale"]) if arch == type(target).__name__ else None
+
+
+def _tail_of(target: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(type(target), "tail_prefixes", ()) or ())
+
+
+def _split_off_tail(sd: dict[str, torch.Tensor], own: Mapping[str, torch.Tensor], prefixes: tuple[str, ...],
+                    report: LoadReport) -> dict[str, torch.Tensor]:
+    """``sd`` without its tail keys; the file's tail goes to ``report.dropped``, the network's to
+    ``report.renewed`` (kept as initialised)."""
+    report.dropped = [k for k in sd if k.startswith(prefixes)]
+    report.renewed = [k for k in own if k.startswith(prefixes)]
+    return {k: v for k, v in sd.items() if not k.startswith(prefixes)}
+
+
+def _scale_change(source: str, target: nn.Module, src: int | None, cross_scale: bool, strict: bool,
+                  report: LoadReport) -> bool:
+    """Decide whether the tail is renewed (True) for a load of x``src`` weights into ``target``; set
+    the report's note; raise for a strict load across scales that was not asked for."""
+    dst = getattr(target, "scale", None)
+    dst = dst if isinstance(dst, int) and not isinstance(dst, bool) else None
+    changed = src is not None and dst is not None and src != dst
+    arch = type(target).__name__
+    prefixes = _tail_of(target)
+    if cross_scale and not prefixes:
+        raise ValueError(f"warm start across scales from {source}: {arch} names no tail (no tail_prefixes), so "
+                         "the part to initialise afresh is unknown; load it with strict: false instead")
+    if changed and strict and not cross_scale:
+        raise RuntimeError(f"{source} holds an x{src} network, but the {arch} here is x{dst}: a strict load needs "
+                           "the same scale. For a warm start across scales (the trunk loads, the tail starts "
+                           "fresh) set path.strict_load_g: false")
+    if not (cross_scale or changed):
+        return False
+    report.scale = (src, dst)
+    were = f"x{src}" if src is not None else "weights of another scale"
+    if not prefixes:  # only reachable without cross_scale: a non-strict load of what fits
+        report.note = f"warm start across scales ({were} into x{dst}): {arch} names no tail, so the keys that fit load"
+        return False
+    report.note = (f"warm start across scales ({were} into x{dst}): the trunk loads, the tail "
+                   f"({', '.join(prefixes)}) keeps its fresh initialisation")
+    return True
+
+
 def load_network(
     net: nn.Module,
     path: str | Path | Mapping,
     strict: bool = True,
     param_key: str | None = "params",
     adapt: bool = True,
+    cross_scale: bool = False,
 ) -> LoadReport:
     """Load weights into ``net`` and report which keys loaded, were missing or unexpected.
 
@@ -342,6 +417,16 @@ def load_network(
     ``head.0``) and drops keys it knows to be irrelevant (reported as ``ignored``). ``strict``
     raises on any missing, unexpected or shape-mismatched key, naming them; otherwise the
     matching keys load and the rest are reported.
+
+    Weights of another scale: the file's scale is its metadata's ``scale`` (else what
+    :func:`infer_arch` reads from the keys, for non-strict loads), the network's its ``scale`` attribute. A strict load
+    across scales raises, naming both. A warm start across scales -- ``cross_scale``, or any
+    non-strict load whose scales are known to differ -- loads every key outside the arch's tail
+    (``tail_prefixes``, e.g. EDSR's upsampler and conv_last) and none inside it: the file's tail
+    keys are reported as ``dropped`` ("dropped (scale changed)"), the network's as ``renewed``
+    ("new (scale changed)"), kept as initialised. With ``cross_scale`` and ``strict`` the trunk
+    must still match exactly. An arch that names no tail cannot take ``cross_scale``; a
+    non-strict load into it loads what fits, as for any other warm start.
     """
     source = "state dict" if isinstance(path, Mapping) else str(path)
     raw = dict(path) if isinstance(path, Mapping) else read_weights(path)
@@ -358,6 +443,9 @@ def load_network(
                 report.renamed[k] = new_name[id(v)]
         sd = adapted
     own = target.state_dict()
+    recorded = _recorded_scale(path, sd, target, infer=cross_scale or not strict)
+    if _scale_change(source, target, recorded, cross_scale, strict, report):
+        sd = _split_off_tail(sd, own, _tail_of(target), report)
     usable = {}
     for k, v in sd.items():
         if k not in own:
@@ -367,7 +455,8 @@ def load_network(
         else:
             usable[k] = v.to(own[k].dtype)
             report.loaded.append(k)
-    report.missing = [k for k in own if k not in sd]
+    renewed = set(report.renewed)
+    report.missing = [k for k in own if k not in sd and k not in renewed]
     if strict and (report.missing or report.unexpected or report.mismatched):
         raise RuntimeError(
             f"strict load of {source} into {type(target).__name__} failed: {report.summary()}"

@@ -13,6 +13,13 @@ _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
 
 
+class ImageTooSmallError(ValueError):
+    """An image too small for a metric's settings (``crop_border`` leaves nothing, SSIM's window
+    does not fit). A ValueError like the metrics' other input errors; test.py catches exactly this
+    one, so that a tiny sprite in a test set is skipped for that metric (and listed) instead of
+    stopping the whole evaluation."""
+
+
 def prepare_pair(
     img: Tensor, img2: Tensor, crop_border: int, test_y_channel: bool, y_range: str, name: str
 ) -> tuple[Tensor, Tensor]:
@@ -36,7 +43,7 @@ def prepare_pair(
         img, img2 = img.unsqueeze(0), img2.unsqueeze(0)
     h, w = img.shape[-2:]
     if 2 * crop_border >= min(h, w):
-        raise ValueError(f"{name}: crop_border={crop_border} leaves nothing of a {h}x{w} image")
+        raise ImageTooSmallError(f"{name}: crop_border={crop_border} leaves nothing of a {h}x{w} image")
     img = img.to(torch.float64)
     img2 = img2.to(img.device, torch.float64)
     if crop_border:
@@ -78,18 +85,39 @@ def calculate_psnr(
 calculate_psnr.higher_is_better = True
 
 
-def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """11x11 Gaussian, sigma 1.5, normalised to sum 1 (what cv2.getGaussianKernel gives)."""
-    r = _SSIM_WINDOW // 2
+def _gaussian_window(dtype: torch.dtype, device: torch.device, size: int = _SSIM_WINDOW) -> Tensor:
+    """``size`` x ``size`` Gaussian normalised to sum 1: 11x11 with sigma 1.5 is what
+    cv2.getGaussianKernel gives; smaller windows keep the same shape (sigma = 1.5 * size / 11)."""
+    r = size // 2
+    sigma = _SSIM_SIGMA * size / _SSIM_WINDOW
     x = torch.arange(-r, r + 1, dtype=dtype, device=device)
-    g = torch.exp(-(x**2) / (2 * _SSIM_SIGMA**2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
     return torch.outer(g, g)
 
 
+def _ssim_window_size(h: int, w: int, small_window: bool) -> int:
+    """The SSIM window side for an ``h`` x ``w`` image: 11, or with ``small_window`` the largest odd
+    side that fits a smaller image (a 1x1 window leaves SSIM's luminance term alone)."""
+    if min(h, w) >= _SSIM_WINDOW:
+        return _SSIM_WINDOW
+    if not small_window:
+        raise ImageTooSmallError(
+            f"calculate_ssim: images must be at least {_SSIM_WINDOW}x{_SSIM_WINDOW} after cropping, got {h}x{w} "
+            "(small_window: true scores smaller images with a smaller window)"
+        )
+    side = min(h, w)
+    return side if side % 2 else side - 1
+
+
 @METRIC_REGISTRY.register()
 def calculate_ssim(
-    img: Tensor, img2: Tensor, crop_border: int = 0, test_y_channel: bool = True, y_range: str = "studio"
+    img: Tensor,
+    img2: Tensor,
+    crop_border: int = 0,
+    test_y_channel: bool = True,
+    y_range: str = "studio",
+    small_window: bool = False,
 ) -> Tensor:
     """Per-image SSIM (Wang et al. 2004, as BasicSR computes it); shape (N,), float64.
 
@@ -106,19 +134,18 @@ def calculate_ssim(
             channel counts.
         y_range: luma used with ``test_y_channel``: ``studio`` (Y in [16/255, 235/255], BasicSR's) or
             ``full`` (Y in [0, 1]).
+        small_window: images smaller than 11x11 after cropping (pixel-art tiles and sprites) use the largest
+            odd window that fits, its Gaussian sigma scaled by size/11, instead of raising; images that fit
+            the 11x11 window are unaffected.
     """
     a, b = prepare_pair(img, img2, crop_border, test_y_channel, y_range, "calculate_ssim")
     n, c, h, w = a.shape
-    if min(h, w) < _SSIM_WINDOW:
-        raise ValueError(
-            f"calculate_ssim: images must be at least {_SSIM_WINDOW}x{_SSIM_WINDOW} after cropping, "
-            f"got {h}x{w}"
-        )
+    size = _ssim_window_size(h, w, small_window)
     a = a * 255.0
     b = b * 255.0
     c1 = (0.01 * 255.0) ** 2
     c2 = (0.03 * 255.0) ** 2
-    window = _gaussian_window(a.dtype, a.device).expand(c, 1, _SSIM_WINDOW, _SSIM_WINDOW)
+    window = _gaussian_window(a.dtype, a.device, size).expand(c, 1, size, size)
 
     def blur(x: Tensor) -> Tensor:
         return F.conv2d(x, window, groups=c)
