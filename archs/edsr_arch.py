@@ -53,8 +53,10 @@ class EDSR(nn.Module):
     the mean lives in non-persistent buffers so checkpoints carry only BasicSR's keys. With other
     than 3 bands, ``rgb_mean`` either has one value per band or stays the 3-value RGB mean, whose
     bands past the third get mean 0.
-    ``residual_output`` adds the nearest-upsampled input outside the network (no parameters),
-    so weights trained without it load unchanged. Baseline: 16x64; EDSR-L: 32x256, res_scale 0.1.
+    ``residual_output`` adds the nearest-upsampled input outside the network (no parameters) in
+    place of the mean, so the network predicts the residual over nearest upscaling and weights
+    trained without it load unchanged (their output offset is then relearnt).
+    Baseline: 16x64; EDSR-L: 32x256, res_scale 0.1.
 
     Args:
         num_in_ch: channels (bands) of the input image.
@@ -68,8 +70,8 @@ class EDSR(nn.Module):
             255 matches BasicSR's EDSR weights for [0, 1] images.
         rgb_mean: per-band mean on the [0, 1] scale, subtracted from the input and added back to the output:
             one value per band, or the 3-value RGB mean (bands past the third then get 0).
-        residual_output: add the nearest-upsampled input to the output (no parameters); needs
-            ``num_in_ch == num_out_ch``.
+        residual_output: add the nearest-upsampled input to the output instead of the mean (no parameters): the
+            network predicts the residual over nearest upscaling; needs ``num_in_ch == num_out_ch``.
     """
 
     valid_scales: ClassVar[tuple[int, ...]] = (2, 3, 4)
@@ -112,10 +114,12 @@ class EDSR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.conv_first((x - self.mean_in) * self.img_range)
         feat = feat + self.conv_after_body(self.body(feat))
-        out = self.conv_last(self.upsample(feat)) / self.img_range + self.mean_out
+        out = self.conv_last(self.upsample(feat)) / self.img_range
         if self.residual_output:
-            out = out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
-        return out
+            # the network predicts the residual over the nearest-upsampled input: it starts at the
+            # nearest baseline, and the mean shift is not added back (a residual has no offset)
+            return out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+        return out + self.mean_out
 
     @classmethod
     def adapt_state_dict(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -201,10 +201,13 @@ def test_edsr_mean_and_residual_output() -> None:
             p.zero_()
         x = torch.rand(1, 4, 5, 6)
         out = net(x)
-    # With zero weights the net returns its mean (zero for the band past RGB) + nearest(x).
-    mean = torch.tensor([0.4488, 0.4371, 0.4040, 0.0]).view(1, 4, 1, 1)
-    expected = mean + x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    # With zero weights a residual net returns nearest(x) exactly: the mean is not added back.
+    expected = x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
     torch.testing.assert_close(out, expected)
+    net.residual_output = False  # the same weights as a plain EDSR return the mean (0 past RGB)
+    with torch.no_grad():
+        mean = torch.tensor([0.4488, 0.4371, 0.4040, 0.0]).view(1, 4, 1, 1)
+        torch.testing.assert_close(net(x), mean.expand(1, 4, 10, 12))
 
 
 def test_edsr_errors() -> None:
