@@ -55,8 +55,12 @@ def _base_value_problems(cls: type, kwargs: dict[str, Any]) -> list[tuple[str, s
                 if name != "self" and p.default is p.empty and p.kind != p.VAR_KEYWORD]
     if any(name not in args for name in required):
         return []  # a subclass that does not pass these through: its own constructor decides
+    bare = cls.__new__(cls)
+    own = inspect.signature(bare.check_keywords).parameters if hasattr(bare, "check_keywords") else {}
     try:
-        SRImageDatasetBase.__init__(cls.__new__(cls), **args)
+        SRImageDatasetBase.__init__(bare, **args)
+        if own:  # a subclass's own keyword checks (e.g. PixelArtDataset's degradations), no files touched
+            bare.check_keywords(**{k: v for k, v in bound.arguments.items() if k in own})
     except (ValueError, TypeError) as err:
         return [("", str(err))]
     return []

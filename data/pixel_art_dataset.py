@@ -177,6 +177,29 @@ class PixelArtDataset(SRImageDatasetBase):
         self._built = False
         super().__init__(scale, phase, gt_size, use_hflip, use_rot, aug_prob, channels=channels,
                          center_crop=center_crop, io_backend=io_backend, cache=cache, split=split)
+        self.check_keywords(channels=channels, degradations=degradations, degrad_schedule=degrad_schedule,
+                            crops_tile_aligned_prob=crops_tile_aligned_prob, tile_size=tile_size,
+                            candidates=candidates, prefer_top_p=prefer_top_p, eval_kernel=eval_kernel)
+        self.dataroot_gt = dataroot_gt
+        self.gt_paths = self._list_gt(dataroot_gt, recursive)
+        self._keep_split()  # the split first (_keep_indices applies it again, which then changes nothing)
+        self._keep_min_size(min_size)
+        self._keep_indices(indices)
+        self._filter_meta_info(meta_info_file)
+        self._check_images()
+        self._palettes_checked = False
+        if phase == "train" and max(self._knob_schedules["palette_prob"].values()) > 0:
+            self._check_palettes()
+        self._built = True
+
+    # ----------------------------------------------------------- checks at build
+
+    def check_keywords(self, channels: Any = 3, degradations: Any = None, degrad_schedule: Any = None,
+                       crops_tile_aligned_prob: Any = 0.0, tile_size: Any = 16, candidates: Any = 1,
+                       prefer_top_p: Any = 1.0, eval_kernel: Any = None) -> None:
+        """Check this class's own keywords and set what they decide, touching no file. The
+        constructor calls it after the base class's checks, and so does the option-file check
+        (data/option_checks.py) on a bare instance: ``--check`` and start-up say the same."""
         name = type(self).__name__
         if channels not in (1, 3):
             raise ValueError(f"{name}: channels must be 1 or 3 (JPEG and the palette hue work on gray or RGB), "
@@ -195,19 +218,6 @@ class PixelArtDataset(SRImageDatasetBase):
         for key, value in (("crops_tile_aligned_prob", crops_tile_aligned_prob), ("prefer_top_p", prefer_top_p)):
             self._knob_schedules[key] = as_schedule(value)
             setattr(self, key, self._schedule(key, self._knob_schedules[key]))
-        self.dataroot_gt = dataroot_gt
-        self.gt_paths = self._list_gt(dataroot_gt, recursive)
-        self._keep_split()  # the split first (_keep_indices applies it again, which then changes nothing)
-        self._keep_min_size(min_size)
-        self._keep_indices(indices)
-        self._filter_meta_info(meta_info_file)
-        self._check_images()
-        self._palettes_checked = False
-        if phase == "train" and max(self._knob_schedules["palette_prob"].values()) > 0:
-            self._check_palettes()
-        self._built = True
-
-    # ----------------------------------------------------------- checks at build
 
     def _check_phase_options(self, degradations: Any, degrad_schedule: Any, aligned: Any, candidates: Any,
                              eval_kernel: Any) -> None:

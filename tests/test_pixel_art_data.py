@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -486,3 +487,18 @@ def test_training_options_in_a_validation_set_and_cache_are_refused(tmp_path):
     with pytest.raises(ValueError, match="cache is not supported yet"):
         PixelArtDataset(str(folder), scale=2, phase="train", gt_size=16, cache="ram")
     assert not math.isnan(sobel_energy(np.zeros((2, 2, 3), np.uint8)))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("datasets.train.degradations.box_prob=0.5", "nearest_prob + box_prob must be at most 1"),
+    ("datasets.val.candidates=4", "training option(s) candidates in a val set"),
+    ("datasets.train.eval_kernel=box", "eval_kernel is the clean LR of validation/test sets"),
+    ("datasets.train.tile_size=0", "tile_size must be a whole number >= 1"),
+])
+def test_the_option_check_refuses_what_start_up_would(override, message):
+    """--check runs PixelArtDataset's own keyword checks (no files needed), with start-up's message."""
+    from tests.conftest import ROOT
+    from utils.options import OptionsError, load_options
+
+    with pytest.raises(OptionsError, match=re.escape(message)):
+        load_options(ROOT / "options/train/PixelArt/edsr_64x32_x2_tail.yml", [override])
