@@ -204,3 +204,19 @@ def test_accumulation_with_cuda_graphs_is_refused(tmp_path, hr_folder):
     path = _edit(small_train_yaml(tmp_path, hr_folder),
                  lambda d: (d.update(compile=True), d["train"].update(accumulate_grad_batches=2)))
     assert load_options(path).train.accumulate_grad_batches == 2
+
+
+@pytest.mark.parametrize("option_file, override, expected", [
+    ("options/train/PixelArt/edsr_64x32_x2_tail.yml", "datasets.train.degradations.nearest_pro=0.5",
+     "unknown key in PixelArtDataset's degradations (keys: palette_prob, "),
+    ("options/train/PixelArt/edsr_64x32_x2_tail.yml", "datasets.train.split.prt=val",
+     "unknown key in PixelArtDataset's split (keys: part, ratios, seed); did you mean 'part'?"),
+    ("options/train/PixelArt/edsr_64x32_x2_tail.yml", "datasets.train.degrad_schedule={0: {jpeg_pro: 0.2}}",
+     "did you mean 'jpeg_prob'?"),
+    ("options/train/quickstart.yml", "datasets.train.lq_jpeg={prob: 0.5, qualty: [1, 2]}",
+     "unknown key in HRImageDataset's lq_jpeg (keys: prob, quality); did you mean 'quality'?"),
+])
+def test_a_wrong_key_inside_a_keywords_mapping_lists_that_mappings_keys(option_file, override, expected):
+    with pytest.raises(OptionsError) as info:
+        load_options(ROOT / option_file, [override])
+    assert expected in str(info.value)

@@ -643,6 +643,36 @@ def signature_model(obj: Any, skip: typing.Collection[str] = ()) -> type[BaseMod
     return model
 
 
+def _nested_keys(obj: Any, loc: tuple) -> list[str] | None:
+    """The keys of the TypedDict that holds the key at ``loc`` (keyword, then mapping keys or list
+    indices), following Optional, dict values and list items; None when it is not one."""
+    func = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        hint: Any = typing.get_type_hints(func).get(str(loc[0]))
+    except (NameError, TypeError):
+        return None
+    for step in loc[1:-1]:
+        hint = _unwrap_optional(hint)
+        if is_typeddict(hint):
+            hint = typing.get_type_hints(hint).get(str(step))
+        elif typing.get_origin(hint) in (dict, list, tuple):
+            hint = typing.get_args(hint)[-1] if typing.get_args(hint) else None
+        else:
+            return None
+    hint = _unwrap_optional(hint)
+    return list(typing.get_type_hints(hint)) if is_typeddict(hint) else None
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    """``X | None`` (or ``Optional[X]``, ``NotRequired[X]``) as ``X``."""
+    while typing.get_origin(hint) in (Union, types.UnionType, NotRequired, Required):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) != 1:
+            return hint
+        hint = args[0]
+    return hint
+
+
 def signature_params(obj: Any) -> list[str]:
     func = obj.__init__ if inspect.isclass(obj) else obj
     return [n for n in inspect.signature(func).parameters if n != "self"]
@@ -680,6 +710,11 @@ def _check_signature(
             loc = tuple(e["loc"])
             sub = format_path(path + loc)
             if e["type"] == "extra_forbidden":
+                nested = _nested_keys(obj, loc) if len(loc) > 1 else None
+                if nested is not None:  # a key inside a keyword's own mapping (a TypedDict): name its keys
+                    problems.append((sub, f"unknown key in {section['type']}'s {loc[0]} (keys: {', '.join(nested)})"
+                                     + _closest(str(loc[-1]), nested)))
+                    continue
                 valid = [p for p in params if p not in comp.skip] + list(head_keys)
                 problems.append((sub, f"unknown key for {section['type']}" + _closest(str(loc[-1]), valid)))
             elif e["type"] == "missing":
