@@ -99,6 +99,11 @@ def describe(opt: Options) -> str:
     for field, value in opt.path.model_dump().items():  # pretrain_network_g/_d, resume_state
         if (field.startswith("pretrain_network") or field == "resume_state") and value and not Path(value).exists():
             lines.append(f"# note: path.{field} = {value} does not exist; the run would stop at start-up")
+    for i, loss in enumerate(opt.train.losses if opt.train else []):
+        teacher = loss.get("teacher_path")  # a distillation teacher an earlier stage writes
+        if teacher and not Path(teacher).exists():
+            lines.append(f"# note: train.losses[{i}].teacher_path = {teacher} does not exist; the run would stop "
+                         "at start-up")
     if opt.logger.wandb is not None and not wandb_installed():
         # a note, like a missing dataroot: the file may be meant for a machine that has wandb
         lines.append(f"# note: logger.wandb: {WANDB_MISSING}; training here would stop before it starts")

@@ -94,8 +94,9 @@ class TrainingContext:
         return self._loop.model.losses.log_key(label)
 
     def loss_weight(self, label: str) -> float:
-        """The scheduled weight of loss ``label`` at this iteration (without the multiplier)."""
-        return float(self._loop.model.losses.term(label).weight(self.iteration))
+        """The weight of loss ``label`` at this iteration without the multiplier: its schedule
+        times the loss's own ``step_weight`` (e.g. distillation's ramp and sampled steps)."""
+        return float(self._loop.model.losses.term(label).weight_at(self.iteration))
 
     def loss_multiplier(self, label: str) -> float:
         return self._loop.model.losses.term(label).multiplier

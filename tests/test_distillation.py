@@ -253,3 +253,13 @@ def test_check_reports_a_wrong_teacher_and_start_up_a_missing_one(tmp_path, hr_f
     with pytest.raises(FileNotFoundError, match=r"DistillationLoss: teacher_path .*missing.safetensors does not "
                                                 r"exist"):
         train(path, [_with_distillation(missing)])
+
+
+def test_check_notes_a_teacher_that_an_earlier_stage_has_not_written_yet():
+    from tests.conftest import ROOT
+    from train import describe
+    from utils.options import load_options
+
+    text = describe(load_options(ROOT / "options/train/PixelArt/edsr_64x32_x4_trunk.yml"))
+    assert ("# note: train.losses[4].teacher_path = experiments/PixelArt_edsr_64x32_x2_trunk/models/"
+            "net_g_best.safetensors does not exist; the run would stop at start-up") in text

@@ -440,3 +440,23 @@ def test_tail_only_under_two_process_ddp(tmp_path, hr_folder):
     assert "weights identical on all 2 ranks: True" in next(exp.glob("train_*.log")).read_text()
     saved, first = load_file(exp / "models" / "net_g_4.safetensors"), start.state_dict()
     assert all(torch.equal(saved[k], first[k]) != _is_tail(k) for k in first)
+
+
+def test_x4_warm_start_without_network_g_takes_the_x2_files_network_at_the_runs_scale(tmp_path, hr_folder):
+    """network_g left out: read from the x2 file's metadata; a non-strict load is a warm start across
+    scales, so the section gets the run's scale (a strict load keeps the 'differs' error)."""
+    x2, path = _x2_file(tmp_path)
+    data = _options(tmp_path, hr_folder, tail_only=True)
+    data["scale"] = 4
+    data.pop("network_g")
+    data["datasets"]["train"]["gt_size"] = 32
+    data["path"].update(pretrain_network_g=str(path), strict_load_g=False)
+    opt = parse_options(data)
+    assert opt.network_g["scale"] == 4 and opt.network_g["num_feat"] == x2.conv_first.out_channels
+    model = SRModel(opt, CPU)
+    now = model.net_g.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in x2.state_dict().items() if not _is_tail(k))
+    data.pop("network_g", None)  # (parsing fills it in place)
+    data["path"]["strict_load_g"] = True
+    with pytest.raises(OptionsError, match="differs from the top-level scale 4"):
+        parse_options(data)

@@ -1037,6 +1037,12 @@ def _network_from_weights(data: dict, problems: list[tuple[str, str]]) -> None:
         reason = "does not exist" if not Path(weights).is_file() else "does not record its network"
         problems.append(("network_g", f"required key is missing: {weights} {reason}, so write network_g"))
         return
+    scale = data.get("scale")
+    if (_as_dict(data.get("path")).get("strict_load_g") is False and isinstance(scale, int)
+            and not isinstance(scale, bool) and section.get("scale") not in (None, scale)):
+        # a warm start across scales (an x2 stage into an x4 run): the run's scale; the loader
+        # keeps the trunk and renews the tail, and says so. A strict load keeps the scale error.
+        section = {**section, "scale": scale}
     data["network_g"] = section
 
 
