@@ -68,14 +68,18 @@ class CachedBatches:
         gt_size = int(ds.option("gt_size", knobs))
         sizes = (gt_size, gt_size // ds.scale)[:self.roles]
         # one (roles * B, 5) parameter table, one host-to-device copy
+        channels = cache.channels
         if self.staged:
             crops = [self._stage(plans, role, size) for role, size in enumerate(sizes)]
-            rows = [(b * size * size * cache.channels, size, 0, 0, p.flip_code)
-                    for size in sizes for b, p in enumerate(plans)]
+            rows = [(b * size * size * channels, size, p.flip_code) for size in sizes for b, p in enumerate(plans)]
         else:
-            rows = [(cache.offset(role, p.index), cache.sizes(p.index)[role][1], *p.origins[role], p.flip_code)
-                    for role in range(self.roles) for p in plans]
-        params = self._to_device(np.array(rows, dtype=np.int64)).view(self.roles, len(plans), 5)
+            rows = []
+            for role in range(self.roles):
+                for p in plans:
+                    width = cache.sizes(p.index)[role][1]
+                    top, left = p.origins[role]
+                    rows.append((cache.offset(role, p.index) + (top * width + left) * channels, width, p.flip_code))
+        params = self._to_device(np.array(rows, dtype=np.int64)).view(self.roles, len(plans), 3)
         patches = [gather_patches(crops[role] if self.staged else cache.buffer, cache.channels, params[role], size)
                    for role, size in enumerate(sizes)]
         gt = patches[0]

@@ -9,6 +9,7 @@ transpose, in one indexing kernel whatever the batch size.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -122,25 +123,36 @@ class ImageCache:
         return self.buffer[start:start + h * w * self.channels].view(h, w, self.channels)
 
 
+@functools.lru_cache(maxsize=32)
+def flip_maps(size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For each flip code ``h + 2 v + 4 t`` (:func:`data.transforms.flip_draws`), the patch row and
+    column every output pixel comes from: two (8, size, size) int64 tensors on ``device``.
+
+    Output pixel (i, j) comes from patch pixel (a, b): the transpose swaps the axes, then the
+    vertical and horizontal flips mirror them (undoing augment's steps from the last one back).
+    """
+    i = torch.arange(size).view(size, 1).expand(size, size)
+    j = torch.arange(size).view(1, size).expand(size, size)
+    rows, cols = [], []
+    for code in range(8):
+        a, b = (j, i) if code & 4 else (i, j)
+        rows.append(size - 1 - a if code & 2 else a)
+        cols.append(size - 1 - b if code & 1 else b)
+    return torch.stack(rows).to(device), torch.stack(cols).to(device)
+
+
 def gather_patches(buffer: Tensor, channels: int, params: Tensor, size: int) -> Tensor:
     """Cut one ``size`` x ``size`` patch per row of ``params`` from the flat HWC ``buffer``.
 
-    ``params`` is an int64 (B, 5) tensor on the buffer's device: image offset in the buffer,
-    image width, patch top ``y``, left ``x``, and the flip code ``h + 2 v + 4 t`` of
-    :func:`data.transforms.flip_draws` (horizontal flip, vertical flip, transpose, applied in
-    that order). Returns (B, C, size, size), channels-last in memory (the gather runs in HWC
-    order); bit for bit the CPU path's ``augment(crop)``.
+    ``params`` is an int64 (B, 3) tensor on the buffer's device: the buffer index of the patch's
+    top-left value (image offset + (top * width + left) * channels), the image width, and the flip
+    code ``h + 2 v + 4 t`` of :func:`data.transforms.flip_draws` (horizontal flip, vertical flip,
+    transpose, applied in that order). Returns (B, C, size, size), channels-last in memory (the
+    gather runs in HWC order); bit for bit the CPU path's ``augment(crop)``. A handful of kernels
+    whatever the batch size: the flips come from precomputed index maps.
     """
-    dev = buffer.device
-    offset, width, top, left, code = (params[:, k].view(-1, 1, 1) for k in range(5))
-    hflip, vflip, transpose = (code & 1).bool(), (code & 2).bool(), (code & 4).bool()
-    i = torch.arange(size, device=dev).view(1, size, 1)
-    j = torch.arange(size, device=dev).view(1, 1, size)
-    # Output pixel (i, j) comes from patch pixel (a, b): the transpose swaps the axes, then the
-    # vertical and horizontal flips mirror them (undoing augment's steps from the last one back).
-    a, b = torch.where(transpose, j, i), torch.where(transpose, i, j)
-    a = torch.where(vflip, size - 1 - a, a)
-    b = torch.where(hflip, size - 1 - b, b)
-    pixel = offset + ((top + a) * width + left + b) * channels
-    index = pixel.unsqueeze(-1) + torch.arange(channels, device=dev)
+    rows, cols = flip_maps(size, buffer.device)
+    start, width, code = params[:, 0].view(-1, 1, 1), params[:, 1].view(-1, 1, 1), params[:, 2]
+    pixel = (rows[code] * width + cols[code]) * channels + start
+    index = pixel.unsqueeze(-1) + torch.arange(channels, device=buffer.device)
     return buffer[index].permute(0, 3, 1, 2)

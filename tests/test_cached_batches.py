@@ -68,7 +68,7 @@ def test_gather_cuts_flips_and_transposes_like_numpy(device):
         k = code % 2
         img = images[k]
         y, x = (3, 6) if k == 0 else (4, 1)
-        rows.append((offsets[k], img.shape[1], y, x, code))
+        rows.append((offsets[k] + (y * img.shape[1] + x) * 3, img.shape[1], code))
         patch = img[y:y + size, x:x + size]
         if code & 1:
             patch = patch[:, ::-1]
