@@ -77,6 +77,9 @@ class ParagonSR2(nn.Module):
     """
 
     valid_scales: ClassVar[tuple[int, ...]] = (2, 3, 4, 8)
+    #: the parts that change with the scale (train.tail_only / lr_tail; renewed, with their special
+    #: initialisation, by a warm start from another scale); the fixed base upsampler has no weights
+    tail_prefixes: ClassVar[tuple[str, ...]] = ("upsampler.", "conv_out.")
     test_kwargs: ClassVar[dict] = {"variant": "s", "num_feat": 16, "num_groups": 1, "num_blocks": 2}
 
     def __init__(

@@ -67,6 +67,9 @@ class SRResNet(nn.Module):
 
     valid_scales: ClassVar[tuple[int, ...]] = (2, 4, 8)
     test_kwargs: ClassVar[dict] = {"n_channels": 8, "n_blocks": 2}
+    #: the parts that change with the scale (train.tail_only / lr_tail; renewed by a warm start
+    #: from another scale); head and body are the trunk
+    tail_prefixes: ClassVar[tuple[str, ...]] = ("upsample.", "tail.")
 
     def __init__(
         self,
@@ -99,6 +102,7 @@ class SRResNet(nn.Module):
         )
         self.upsample = PixelShuffleUpsampler(scale, n_channels, act=nn.PReLU)
         self.tail = nn.Conv2d(n_channels, num_out_ch, large_kernel_size, padding=large_pad)
+        self.scale = scale  # what a warm start from another scale compares with the file's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feat = self.head(x)

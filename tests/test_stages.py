@@ -460,3 +460,20 @@ def test_x4_warm_start_without_network_g_takes_the_x2_files_network_at_the_runs_
     data["path"]["strict_load_g"] = True
     with pytest.raises(OptionsError, match="differs from the top-level scale 4"):
         parse_options(data)
+
+
+@pytest.mark.parametrize("arch, kwargs, tail", [
+    ("SRResNet", {"n_channels": 8, "n_blocks": 2}, ("upsample.", "tail.")),
+    ("ParagonSR2", {"variant": "s", "num_feat": 16, "num_groups": 1, "num_blocks": 2}, ("upsampler.", "conv_out.")),
+])
+def test_other_archs_name_their_tail_and_freeze_the_rest(arch, kwargs, tail):
+    from utils.registry import ARCH_REGISTRY
+
+    net = ARCH_REGISTRY.get(arch)(scale=2, **kwargs)
+    held = freeze_trunk(net)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in net.named_parameters() if n.startswith(tail)} != set()
+    # the trunk's batch-norm layers (SRResNet has them) stay in eval mode, the tail has none
+    norms = {n for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert set(held) == norms and (arch != "SRResNet" or norms)
+    assert getattr(net, "scale", None) == 2  # a warm start from another scale compares it with the file's
