@@ -255,6 +255,8 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
     finally:
         progress.stop()
         stop.restore()
+        if loop.stream is not None:
+            loop.stream.close()  # a cached set's batch thread stops before the process does
         writers.close(failed=failed)
     iteration = results["iter"]
     results.update({"metrics": loop.metrics, "best": model.best, "experiment_dir": str(exp)})

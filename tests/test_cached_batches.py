@@ -8,6 +8,7 @@ cache in RAM, and the RAM-to-device staging is exercised by forcing it.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
@@ -164,6 +165,8 @@ def test_training_with_a_cache_equals_training_without(tmp_path):
     path = _paired_yaml(tmp_path, gt_dir, lq_dir)
     plain = Path(train(path, ["name=plain"])["experiment_dir"])
     cached = Path(train(path, ["name=cached", "datasets.train.cache=ram"])["experiment_dir"])
+    # the batch thread ends with the run
+    assert not [t for t in threading.enumerate() if t.name == "cached-batches" and t.is_alive()]
     for label in ("net_g_20", "net_g_ema_20"):
         a = load_file(str(plain / "models" / f"{label}.safetensors"))
         b = load_file(str(cached / "models" / f"{label}.safetensors"))
