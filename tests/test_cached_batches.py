@@ -160,13 +160,17 @@ def test_the_cache_holds_every_image_once_with_its_size(tmp_path):
 # ------------------------------------------------------------ whole runs
 
 
+def _batch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "cached-batches" and t.is_alive()]
+
+
 def test_training_with_a_cache_equals_training_without(tmp_path):
     gt_dir, lq_dir = _folders(tmp_path, [(40, 48), (36, 60), (50, 40), (44, 44)])
     path = _paired_yaml(tmp_path, gt_dir, lq_dir)
     plain = Path(train(path, ["name=plain"])["experiment_dir"])
+    before = set(_batch_threads())  # (streams other tests left open)
     cached = Path(train(path, ["name=cached", "datasets.train.cache=ram"])["experiment_dir"])
-    # the batch thread ends with the run
-    assert not [t for t in threading.enumerate() if t.name == "cached-batches" and t.is_alive()]
+    assert set(_batch_threads()) == before  # the run's batch thread ended with it
     for label in ("net_g_20", "net_g_ema_20"):
         a = load_file(str(plain / "models" / f"{label}.safetensors"))
         b = load_file(str(cached / "models" / f"{label}.safetensors"))

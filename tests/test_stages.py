@@ -212,10 +212,10 @@ def test_tail_only_with_lr_trunk_is_refused(tmp_path, hr_folder):
 @pytest.mark.parametrize("keys", [{"tail_only": True}, {"lr_trunk": 0.0}, {"lr_tail": 1e-3}])
 def test_stage_keys_need_an_arch_that_names_its_tail(tmp_path, hr_folder, keys):
     data = _options(tmp_path, hr_folder, **keys)
-    data["network_g"] = {"type": "SRResNet", "n_channels": 8, "n_blocks": 1}
+    data["network_g"] = {"type": "RRDBNet", "num_feat": 8, "num_block": 1, "num_grow_ch": 4}
     first = next(iter(keys))
     # at start-up (and at --check once the runner's check_options calls check_stage_options)
-    with pytest.raises(ValueError, match=f"train.{first}: SRResNet names no tail .* archs that name one: .*EDSR"):
+    with pytest.raises(ValueError, match=f"train.{first}: RRDBNet names no tail .* archs that name one: .*EDSR"):
         SRModel(parse_options(data), CPU)
     data["network_g"] = {"type": "EDSR", "num_feat": 8, "num_block": 1}
     assert check_stage_options(parse_options(data)) == []
@@ -295,11 +295,11 @@ def test_scale_of_a_file_without_metadata_is_read_from_its_keys(tmp_path):
 
 
 def test_cross_scale_needs_an_arch_that_names_its_tail(tmp_path):
-    from archs.srresnet_arch import SRResNet
+    from archs.rrdbnet_arch import RRDBNet
 
-    net = SRResNet(n_channels=8, n_blocks=1, scale=4)
-    with pytest.raises(ValueError, match="SRResNet names no tail"):
-        load_network(net, SRResNet(n_channels=8, n_blocks=1, scale=2).state_dict(), cross_scale=True)
+    net = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4)
+    with pytest.raises(ValueError, match="RRDBNet names no tail"):
+        load_network(net, RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=2).state_dict(), cross_scale=True)
 
 
 def test_x4_run_warm_starts_from_the_x2_file(tmp_path, hr_folder):
