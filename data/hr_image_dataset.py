@@ -12,8 +12,8 @@ from data.degradations import DropoutOptions, JpegOptions
 from data.image_io import to_float
 from data.imresize import imresize
 from data.lmdb_backend import IoBackend
-from data.paired_image_dataset import CacheMode, PatchPlan, SizeProbe, SRImageDatasetBase, center_crop_pair
-from data.transforms import augment, mod_crop, random_crop
+from data.paired_image_dataset import CacheMode, PatchPlan, SRImageDatasetBase
+from data.transforms import augment, random_crop
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Scheduled
 
@@ -65,26 +65,9 @@ class HRImageDataset(SRImageDatasetBase):
         self._filter_meta_info(meta_info_file)
         self._check_images()
 
-    def _eval_gt(self, gt: np.ndarray, gt_path: Path) -> np.ndarray:
-        """Validation/test: the whole gt mod-cropped to a multiple of ``scale``, or its centre crop."""
-        gt = mod_crop(gt, self.scale)
-        if gt.shape[0] == 0 or gt.shape[1] == 0:
-            raise ValueError(f"image '{gt_path}' is smaller than scale {self.scale}")
-        if self.center_crop is not None:
-            gt = center_crop_pair(gt, None, self.center_crop, self.scale, gt_path)[0]
-        return gt
-
     def verify(self, index: int) -> None:
         gt_path = self.gt_paths[index]
         self._eval_gt(self.read(gt_path), gt_path)
-
-    def patch_fit(self, index: int, probe: SizeProbe) -> tuple[int, str] | None:
-        gt_path = self.gt_paths[index]
-        size = probe(gt_path)
-        if size is None:
-            return None
-        h, w = size
-        return min(h, w), f"'{gt_path}' is {h}x{w} (HxW)"
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
         gt_path = self.gt_paths[index]

@@ -358,8 +358,25 @@ class SRImageDatasetBase(Dataset):
     def patch_fit(self, index: int, probe: SizeProbe) -> tuple[int, str] | None:
         """Training: the largest ``gt_size`` sample ``index`` allows (from its images' headers)
         and a description of the image that limits it, naming it and its size; None when its
-        sizes are unknown. May raise when the sizes show the sample cannot be made at all."""
-        raise NotImplementedError
+        sizes are unknown. May raise when the sizes show the sample cannot be made at all.
+        This one is for sets that make their LR from the gt (the gt's shorter side); paired sets
+        override it."""
+        gt_path = self.gt_paths[index]
+        size = probe(gt_path)
+        if size is None:
+            return None
+        h, w = size
+        return min(h, w), f"'{gt_path}' is {h}x{w} (HxW)"
+
+    def _eval_gt(self, gt: np.ndarray, gt_path: Path) -> np.ndarray:
+        """Validation/test of a set that makes its LR from the gt: the whole gt mod-cropped to a
+        multiple of ``scale``, or its ``center_crop``."""
+        gt = mod_crop(gt, self.scale)
+        if gt.shape[0] == 0 or gt.shape[1] == 0:
+            raise ValueError(f"image '{gt_path}' is smaller than scale {self.scale}")
+        if self.center_crop is not None:
+            gt = center_crop_pair(gt, None, self.center_crop, self.scale, gt_path)[0]
+        return gt
 
     def _check_patch_sizes(self) -> None:
         """Every training sample holds the largest gt_size patch the schedule will crop.
@@ -468,10 +485,7 @@ class SRImageDatasetBase(Dataset):
                     knobs: dict[str, Any]) -> tuple[int, int, int, tuple[tuple[int, int, int, int], ...]]:
         """``(y, x, flip code, lq holes)`` of a ``size`` patch of an ``hw`` image, drawn in the
         CPU path's order: crop corner, flips, lq degradations."""
-        h, w = hw
-        if h < size or w < size:
-            raise ValueError(f"image '{path}' is {h}x{w} (HxW), smaller than the {size}x{size} patch")
-        y, x = crop_origin(h, w, size, rng)
+        y, x = crop_origin(*hw, size, rng, path)
         hflip, vflip, transpose = flip_draws(self.use_hflip, self.use_rot, rng, self.option("aug_prob", knobs))
         lq_size = int(self.option("gt_size", knobs)) // self.scale
         holes = plan_lq_degradations((lq_size, lq_size, self.channels), rng, self.lq_jpeg, self.lq_dropout)[1]

@@ -12,7 +12,7 @@ from data.auto_split import SplitOptions
 from data.image_io import ImageReadError, list_images, to_float
 from data.imresize import imresize
 from data.lmdb_backend import IoBackend
-from data.paired_image_dataset import CacheMode, SizeProbe, SRImageDatasetBase, center_crop_pair
+from data.paired_image_dataset import CacheMode, SizeProbe, SRImageDatasetBase
 from data.pixel_degradations import (
     KNOBS,
     DegradationStep,
@@ -25,7 +25,7 @@ from data.pixel_degradations import (
     knob_schedules,
     pixel_degrade,
 )
-from data.transforms import augment, mod_crop
+from data.transforms import augment, check_patch_fits
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Scheduled, as_schedule
 from utils.steps import Step
@@ -83,9 +83,7 @@ def pick_crop(img: np.ndarray, size: int, rng: np.random.Generator, candidates: 
     :func:`sobel_energy` (the first on ties), else candidate ``floor(which * candidates)``.
     Draws the same count whatever is picked; energies are computed only when they decide."""
     h, w = img.shape[:2]
-    if h < size or w < size:
-        name = f" '{path}'" if path is not None else ""
-        raise ValueError(f"image{name} is {h}x{w} (HxW), smaller than the {size}x{size} patch")
+    check_patch_fits(h, w, size, path)
     corners = candidate_corners(h, w, size, rng, candidates, aligned_prob, tile)
     prefer, which = rng.random(2)
     if candidates > 1 and prefer < prefer_top_p:
@@ -336,15 +334,6 @@ class PixelArtDataset(SRImageDatasetBase):
             raise ValueError(f"{type(self).__name__} reads 8-bit images (pixel art), but '{path}' is {img.dtype}")
         return img
 
-    def _eval_gt(self, gt: np.ndarray, gt_path: Path) -> np.ndarray:
-        """Validation/test: the whole gt mod-cropped to a multiple of ``scale``, or its centre crop."""
-        gt = mod_crop(gt, self.scale)
-        if gt.shape[0] == 0 or gt.shape[1] == 0:
-            raise ValueError(f"image '{gt_path}' is smaller than scale {self.scale}")
-        if self.center_crop is not None:
-            gt = center_crop_pair(gt, None, self.center_crop, self.scale, gt_path)[0]
-        return np.ascontiguousarray(gt)
-
     def eval_lq(self, gt: np.ndarray) -> np.ndarray:
         """The clean LR of a validation/test gt: ``eval_kernel``; bicubic gives float32 in [0, 1]."""
         if self.eval_kernel == "bicubic":
@@ -354,14 +343,6 @@ class PixelArtDataset(SRImageDatasetBase):
     def verify(self, index: int) -> None:
         gt_path = self.gt_paths[index]
         self._eval_gt(self._read_u8(gt_path), gt_path)
-
-    def patch_fit(self, index: int, probe: SizeProbe) -> tuple[int, str] | None:
-        gt_path = self.gt_paths[index]
-        size = probe(gt_path)
-        if size is None:
-            return None
-        h, w = size
-        return min(h, w), f"'{gt_path}' is {h}x{w} (HxW)"
 
     # ----------------------------------------------------------- samples
 
@@ -375,7 +356,7 @@ class PixelArtDataset(SRImageDatasetBase):
         gt_path = self.gt_paths[index]
         img = self._read_u8(gt_path)
         if rng is None:
-            gt = self._eval_gt(img, gt_path)
+            gt = np.ascontiguousarray(self._eval_gt(img, gt_path))
             return gt, self.eval_lq(gt), gt_path, gt_path
         size = int(self.option("gt_size"))
         y, x = pick_crop(img, size, rng, self.candidates, self.option("crops_tile_aligned_prob"), self.tile_size,

@@ -19,23 +19,29 @@ def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
     return img[: h - h % scale, : w - w % scale]
 
 
-def crop_origin(h: int, w: int, size: int, rng: np.random.Generator) -> tuple[int, int]:
-    """Top-left corner ``(y, x)`` of a random ``size`` x ``size`` patch of an ``h`` x ``w`` image.
+def crop_origin(h: int, w: int, size: int, rng: np.random.Generator,
+                path: str | Path | None = None) -> tuple[int, int]:
+    """Top-left corner ``(y, x)`` of a random ``size`` x ``size`` patch of an ``h`` x ``w`` image
+    (``path``: the image, named when it is smaller than the patch).
 
     The one place crops draw from the generator (two integers, y then x): the CPU crops here and
     the cached sets' device crops (data.cached_batches) call it, so both cut the same patch.
     """
+    check_patch_fits(h, w, size, path)
     return int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+
+
+def check_patch_fits(h: int, w: int, size: int, path: str | Path | None = None) -> None:
+    """Raise ``ValueError`` naming the image (``path``) when ``h`` x ``w`` cannot hold a ``size`` patch."""
+    if h < size or w < size:
+        raise ValueError(f"image{_name(path)} is {h}x{w} (HxW), smaller than the {size}x{size} patch")
 
 
 def random_crop(
     img: np.ndarray, size: int, rng: np.random.Generator, path: str | Path | None = None
 ) -> np.ndarray:
     """A random ``size`` x ``size`` patch of ``img``."""
-    h, w = img.shape[:2]
-    if h < size or w < size:
-        raise ValueError(f"image{_name(path)} is {h}x{w} (HxW), smaller than the {size}x{size} patch")
-    y, x = crop_origin(h, w, size, rng)
+    y, x = crop_origin(*img.shape[:2], size, rng, path)
     return img[y : y + size, x : x + size]
 
 
