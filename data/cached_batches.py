@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from data.image_cache import ImageCache, gather_patches, gib
+from data.degradations import fill_value
+from data.image_cache import ImageCache, format_bytes, gather_patches
+from data.image_io import tensor_to_float
 from data.imresize import resize_matrix
 from data.paired_image_dataset import PatchPlan, SRImageDatasetBase
 
@@ -50,7 +52,7 @@ class CachedBatches:
         self._matrices: dict[int, Tensor] = {}
         if log is not None:
             kind = "float32 (16-bit or float files)" if self.cache.is_float else "uint8"
-            log.info(f"{name}: cache: {mode}: {what} decoded once, {gib(self.cache.nbytes)} as {kind} in "
+            log.info(f"{name}: cache: {mode}: {what} decoded once, {format_bytes(self.cache.nbytes)} as {kind} in "
                      f"{self.cache.where}; crops, flips" + (" and bicubic LR" if self.roles == 1 else "")
                      + f" are made on {self.device}; no data workers are used")
 
@@ -87,8 +89,8 @@ class CachedBatches:
         lq = self._dropout(lq, plans, gt_size // ds.scale)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         lq_paths = getattr(ds, "lq_paths", ds.gt_paths)
-        return {"lq": self._float(lq).contiguous(memory_format=fmt),
-                "gt": self._float(gt).contiguous(memory_format=fmt),
+        return {"lq": tensor_to_float(lq).contiguous(memory_format=fmt),
+                "gt": tensor_to_float(gt).contiguous(memory_format=fmt),
                 "lq_path": [str(lq_paths[p.index]) for p in plans],
                 "gt_path": [str(ds.gt_paths[p.index]) for p in plans]}
 
@@ -109,9 +111,6 @@ class CachedBatches:
         torch.stack(windows, out=staging)
         return staging.view(-1).to(self.device, non_blocking=True)
 
-    def _float(self, t: Tensor) -> Tensor:
-        return t.float().div_(255.0) if t.dtype == torch.uint8 else t
-
     def _bicubic(self, gt: Tensor, gt_size: int) -> Tensor:
         """MATLAB bicubic LR of the gt patches, computed in float64 like data.imresize, clipped
         to [0, 1] like the HR set's CPU path."""
@@ -119,7 +118,7 @@ class CachedBatches:
         if matrix is None:
             matrix = torch.from_numpy(resize_matrix(gt_size, 1.0 / self.dataset.scale)).to(self.device)
             self._matrices[gt_size] = matrix
-        x = self._float(gt).double()
+        x = tensor_to_float(gt).double()
         return (matrix @ x @ matrix.T).float().clamp_(0.0, 1.0)
 
     def _dropout(self, lq: Tensor, plans: list[PatchPlan], lq_size: int) -> Tensor:
@@ -130,8 +129,9 @@ class CachedBatches:
         for b, plan in enumerate(plans):
             for y, x, sy, sx in plan.holes:
                 mask[b, 0, y:y + sy, x:x + sx] = True
-        fill = float(self.dataset.lq_dropout.get("fill", 0.0))
-        value = round(fill * 255) if lq.dtype == torch.uint8 else fill
+        # the fill on the scale of the buffer's dtype, as the CPU path fills its numpy patch
+        value = fill_value(np.dtype(np.uint8) if lq.dtype == torch.uint8 else np.dtype(np.float32),
+                           self.dataset.lq_dropout.get("fill", 0.0))
         return lq.masked_fill(self._to_device(mask), value)
 
 

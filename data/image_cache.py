@@ -33,7 +33,7 @@ MIN_GPU_HEADROOM = 2 * 2**30
 RAM_SHARE = 0.8
 
 
-def gib(nbytes: float) -> str:
+def format_bytes(nbytes: float) -> str:
     """A byte count for people: GiB from a quarter GiB up, else MiB, else KiB."""
     if nbytes >= 2**28:
         return f"{nbytes / 2**30:.2f} GiB"
@@ -55,20 +55,21 @@ def available_ram() -> int | None:
 def check_fits(nbytes: int, mode: str, device: torch.device, what: str) -> str:
     """Raise ``MemoryError`` naming the sizes when ``nbytes`` of cache do not fit where ``mode``
     keeps them; return a description of where they go."""
+    size = format_bytes
     if mode == "gpu":
         free, total = torch.cuda.mem_get_info(device)
         headroom = max(int(total * GPU_HEADROOM_SHARE), MIN_GPU_HEADROOM)
         if nbytes > free - headroom:
             raise MemoryError(
-                f"cache: gpu: {what} take {gib(nbytes)}, but {device} has {gib(free)} free of {gib(total)} and "
-                f"{gib(headroom)} stay free for training; use cache: ram, or no cache (the CPU path with workers)")
-        return f"{device} ({gib(free - nbytes)} left free)"
+                f"cache: gpu: {what} take {size(nbytes)}, but {device} has {size(free)} free of {size(total)} and "
+                f"{size(headroom)} stay free for training; use cache: ram, or no cache (the CPU path with workers)")
+        return f"{device} ({size(free - nbytes)} left free)"
     avail = available_ram()
     if avail is not None and nbytes > RAM_SHARE * avail:
         raise MemoryError(
-            f"cache: ram: {what} take {gib(nbytes)}, but the machine has {gib(avail)} of RAM available "
+            f"cache: ram: {what} take {size(nbytes)}, but the machine has {size(avail)} of RAM available "
             f"(at most {RAM_SHARE:.0%} of it is used for the cache); leave cache out (the CPU path with workers)")
-    return "RAM" + (f" ({gib(avail - nbytes)} left available)" if avail is not None else "")
+    return "RAM" + (f" ({size(avail - nbytes)} left available)" if avail is not None else "")
 
 
 class ImageCache:
