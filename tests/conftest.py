@@ -71,3 +71,20 @@ logger: {{print_freq: 5, save_checkpoint_freq: 10, use_tb_logger: false, keep_la
     path = tmp_path / "opt.yml"
     path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="module")
+def small_edsr(tmp_path_factory):
+    """A tiny EDSR x2 with seeded weights, saved as upforge saves them: ``(weights path, net)``."""
+    import torch
+
+    from archs.edsr_arch import EDSR
+    from utils.weights import save_network
+
+    torch.manual_seed(0)
+    net = EDSR(num_feat=8, num_block=1, scale=2).eval()
+    with torch.no_grad():  # random weights would give a flat image; keep a visible signal
+        net.conv_last.weight.mul_(0.05)
+    path = tmp_path_factory.mktemp("w") / "edsr_x2.safetensors"
+    save_network(net, path)
+    return path, net

@@ -79,15 +79,21 @@ def test_tail_only_trains_the_tail_and_leaves_every_trunk_tensor_bit_identical(t
     assert all(torch.equal(ema[k], start[k]) for k in start if not _is_tail(k))
 
 
+def _start_weights(tmp_path: Path, seed: int) -> tuple[EDSR, Path]:
+    """A seeded tiny EDSR x2 saved with its metadata, to warm-start a stage from."""
+    torch.manual_seed(seed)
+    start = EDSR(num_feat=8, num_block=1, scale=2)
+    weights = tmp_path / "start.safetensors"
+    save_network(start, weights, metadata=network_metadata({"type": "EDSR", "num_feat": 8, "num_block": 1}, 2))
+    return start, weights
+
+
 def test_tail_only_run_from_weights_keeps_the_trunk_and_logs_the_split(tmp_path, hr_folder):
     """Through train(): pretrained weights, 3 iterations with validation, the saved file's trunk
     equals the pretrained one and the log names the trainable share."""
     from train import train
 
-    torch.manual_seed(5)
-    start = EDSR(num_feat=8, num_block=1, scale=2)
-    weights = tmp_path / "start.safetensors"
-    save_network(start, weights, metadata=network_metadata({"type": "EDSR", "num_feat": 8, "num_block": 1}, 2))
+    start, weights = _start_weights(tmp_path, seed=5)
     data = _options(tmp_path, hr_folder, tail_only=True, total_iter=3)
     data["path"]["pretrain_network_g"] = str(weights)
     data["val"]["val_freq"] = 2
@@ -419,10 +425,7 @@ def test_tail_only_under_two_process_ddp(tmp_path, hr_folder):
 
     from tests.conftest import ROOT
 
-    torch.manual_seed(7)
-    start = EDSR(num_feat=8, num_block=1, scale=2)
-    weights = tmp_path / "start.safetensors"
-    save_network(start, weights, metadata=network_metadata({"type": "EDSR", "num_feat": 8, "num_block": 1}, 2))
+    start, weights = _start_weights(tmp_path, seed=7)
     data = _options(tmp_path, hr_folder, tail_only=True, total_iter=4)
     data["path"]["pretrain_network_g"] = str(weights)
     data["val"]["val_freq"] = 4

@@ -53,17 +53,6 @@ def _quantise(out: torch.Tensor) -> np.ndarray:
     return np.round(img.astype(np.float64) * 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def small_edsr(tmp_path_factory) -> tuple[Path, EDSR]:
-    torch.manual_seed(0)
-    net = EDSR(num_feat=8, num_block=1, scale=2).eval()
-    with torch.no_grad():  # random weights would give a flat image; keep a visible signal
-        net.conv_last.weight.mul_(0.05)
-    path = tmp_path_factory.mktemp("w") / "edsr_x2.safetensors"
-    save_network(net, path)
-    return path, net
-
-
 def test_realesrgan_matches_reference_forward(tmp_path: Path) -> None:
     bgr = _crop(tmp_path / "baby_crop.png", 32, 40, 64)
     written = upscale_script.upscale(tmp_path / "baby_crop.png", tmp_path / "out", ANIME_6B, device="cpu")

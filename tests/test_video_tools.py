@@ -17,7 +17,6 @@ import torch
 from archs.edsr_arch import EDSR
 from scripts import extract_frames as ef
 from scripts import upscale as up
-from utils.weights import save_network
 
 FPS = 12.5
 W, H, N = 32, 24, 12
@@ -58,17 +57,6 @@ def video(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
     assert len(got) == N and fps == FPS
     assert all(np.array_equal(a, b) for a, b in zip(got, frames))
     return path, frames
-
-
-@pytest.fixture(scope="module")
-def small_edsr(tmp_path_factory) -> tuple[Path, EDSR]:
-    torch.manual_seed(0)
-    net = EDSR(num_feat=8, num_block=1, scale=2).eval()
-    with torch.no_grad():  # random weights would give a flat image; keep a visible signal
-        net.conv_last.weight.mul_(0.05)
-    path = tmp_path_factory.mktemp("w") / "edsr_x2.safetensors"
-    save_network(net, path)
-    return path, net
 
 
 def _reference(net: EDSR, bgr: np.ndarray) -> np.ndarray:
