@@ -358,24 +358,10 @@ class Candidate:
 
 def inference_fn(runner: Any, net: nn.Module | Callable[[Tensor], Tensor], scale: int,
                  tta: bool) -> Callable[[Tensor], Tensor]:
-    """``net`` as the runner validates it (its autocast and memory format, ``val.tile`` tiles),
-    at ``scale`` and with or without 8-way TTA, chosen per model rather than for the whole file."""
-    from utils.tiling import tile_forward
-    from utils.tta import tta_forward
-
-    val = runner.opt.val
-
-    def forward(x: Tensor) -> Tensor:
-        with runner.autocast():
-            # float32 at once, so the tile blend and the TTA mean are not rounded to the AMP dtype
-            return net(x.contiguous(memory_format=runner.memory_format)).float()
-
-    def tiled(x: Tensor) -> Tensor:
-        if val.tile <= 0:
-            return forward(x)
-        return tile_forward(forward, x, scale, val.tile, val.tile_overlap, val.tile_batch)
-
-    return (lambda x: tta_forward(tiled, x)) if tta else tiled
+    """``net`` as the runner validates it (:meth:`~models.validation.ValidationMixin.inference`: its
+    autocast and memory format, ``val.tile`` tiles), at ``scale`` and with or without 8-way TTA,
+    chosen per model rather than for the whole file."""
+    return lambda x: runner.inference(x, net, scale=scale, tta=tta)
 
 
 def two_pass(one: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:

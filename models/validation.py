@@ -27,13 +27,17 @@ class ValidationMixin:
         return self.ema.module if self.ema is not None else self.nets[self.ema_of]
 
     @torch.no_grad()
-    def inference(self, lq: torch.Tensor, net: nn.Module | Any | None = None) -> torch.Tensor:
+    def inference(self, lq: torch.Tensor, net: nn.Module | Any | None = None, *, scale: int | None = None,
+                  tta: bool | None = None) -> torch.Tensor:
         """``net`` (default: :meth:`eval_net`) on ``lq`` in eval mode under the runner's autocast, in
-        ``val.tile`` tiles (``val.tile_batch`` per forward) and with ``val.tta``; float32 out."""
+        ``val.tile`` tiles (``val.tile_batch`` per forward) and with ``val.tta``; float32 out.
+        ``scale`` and ``tta`` override the run's (test.py: an x2 model run twice, TTA per model)."""
         net = net if net is not None else self.eval_net()
         val = self.opt.val
-        tile, overlap, batch, tta = ((val.tile, val.tile_overlap, val.tile_batch, val.tta) if val is not None
-                                     else (0, DEFAULT_TILE_OVERLAP, 1, False))
+        tile, overlap, batch, val_tta = ((val.tile, val.tile_overlap, val.tile_batch, val.tta) if val is not None
+                                         else (0, DEFAULT_TILE_OVERLAP, 1, False))
+        tta = val_tta if tta is None else tta
+        scale = self.opt.scale if scale is None else scale
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             with self.autocast():
@@ -41,7 +45,7 @@ class ValidationMixin:
                 return net(x.contiguous(memory_format=self.memory_format)).float()
 
         def tiled(x: torch.Tensor) -> torch.Tensor:
-            return tile_forward(forward, x, self.opt.scale, tile, overlap, batch) if tile > 0 else forward(x)
+            return tile_forward(forward, x, scale, tile, overlap, batch) if tile > 0 else forward(x)
 
         if not isinstance(net, nn.Module):  # a plain function, e.g. a bicubic baseline
             return tta_forward(tiled, lq) if tta else tiled(lq)
