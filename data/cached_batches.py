@@ -43,7 +43,7 @@ class CachedBatches:
                              f"{self.device}; use cache: ram")
         self.dataset = dataset
         self.channels_last = channels_last
-        self.roles = len(dataset.cache_read(0)) if len(dataset) else 1
+        self.roles = 2 if hasattr(dataset, "lq_paths") else 1  # (gt, lq) read from files, or gt alone
         what = f"{len(dataset)} training images" + (" and their LR" if self.roles > 1 else "")
         self.cache = ImageCache(len(dataset), dataset.cache_read, dataset.channels, self.roles, mode,
                                 self.device, what, threads=1 if dataset.io_backend == "lmdb" else None)
