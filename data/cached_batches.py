@@ -50,6 +50,9 @@ class CachedBatches:
         # ram on a GPU run: patches are cut from RAM into a pinned staging buffer and copied
         self.staged = self.cache.storage != self.device
         self._matrices: dict[int, Tensor] = {}
+        # the batch's path strings, made once: at hundreds of batches a second they add up
+        self._gt_names = [str(p) for p in dataset.gt_paths]
+        self._lq_names = [str(p) for p in getattr(dataset, "lq_paths", dataset.gt_paths)]
         if log is not None:
             kind = "float32 (16-bit or float files)" if self.cache.is_float else "uint8"
             log.info(f"{name}: cache: {mode}: {what} decoded once, {format_bytes(self.cache.nbytes)} as {kind} in "
@@ -88,11 +91,10 @@ class CachedBatches:
         lq = patches[1] if self.roles > 1 else self._bicubic(gt, gt_size)
         lq = self._dropout(lq, plans, gt_size // ds.scale)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        lq_paths = getattr(ds, "lq_paths", ds.gt_paths)
         return {"lq": tensor_to_float(lq).contiguous(memory_format=fmt),
                 "gt": tensor_to_float(gt).contiguous(memory_format=fmt),
-                "lq_path": [str(lq_paths[p.index]) for p in plans],
-                "gt_path": [str(ds.gt_paths[p.index]) for p in plans]}
+                "lq_path": [self._lq_names[p.index] for p in plans],
+                "gt_path": [self._gt_names[p.index] for p in plans]}
 
     def _to_device(self, array: np.ndarray | Tensor) -> Tensor:
         t = torch.as_tensor(array)
