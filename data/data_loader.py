@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
@@ -190,6 +191,9 @@ def _seed_worker(worker_id: int, rank: int) -> None:
     seed = _mix_seed(torch.initial_seed(), rank, worker_id)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+    # Workers are the parallelism: OpenCV's own thread pool (one thread per core in every worker)
+    # only oversubscribes the cores, so that more workers deliver fewer batches.
+    cv2.setNumThreads(0)
 
 
 def build_dataset(ds_opt: dict) -> Dataset:

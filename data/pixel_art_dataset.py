@@ -68,7 +68,8 @@ def sobel_energy(patch: np.ndarray) -> float:
     its luma (BT.601 weights; gray: the channel itself), over the pixels whose 3x3 neighbourhood
     lies inside the patch (no padding, so the patch border adds no edge). 0 below 3x3."""
     p = patch.astype(np.float32)
-    y = p[:, :, 0] if p.shape[2] < 3 else p[:, :, :3] @ LUMA
+    # a weighted sum, not ``@ LUMA``: a BLAS call may start a thread per core in every worker
+    y = p[:, :, 0] if p.shape[2] < 3 else p[:, :, 0] * LUMA[0] + p[:, :, 1] * LUMA[1] + p[:, :, 2] * LUMA[2]
     if y.shape[0] < 3 or y.shape[1] < 3:
         return 0.0
     gx = (y[:-2, 2:] + 2 * y[1:-1, 2:] + y[2:, 2:]) - (y[:-2, :-2] + 2 * y[1:-1, :-2] + y[2:, :-2])
