@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import functools
 import logging
+import math
 import random
 import re
 import sys
@@ -179,6 +180,10 @@ class SampleLoader(DataLoader):
         return _UnwrappingIterator(super().__iter__())
 
 
+#: an epoch shorter than this many batches per worker leaves the workers idle at its end (a warning)
+SHORT_EPOCH_BATCHES_PER_WORKER = 10
+
+
 def _mix_seed(*parts: int) -> int:
     """A well-spread non-negative 63-bit seed from several integers."""
     entropy = [int(p) % 2**63 for p in parts]
@@ -281,4 +286,12 @@ def build_loaders(opt: Any, device: torch.device) -> tuple[Any, dict[str, DataLo
         live = ", ".join(f"{k} {v.to_spec()}" for k, v in getattr(dataset, "schedules", {}).items())
         get_logger().info(f"train set '{name}': {len(dataset)} images, {len(loader)} batches per epoch per GPU"
                           + (f"; scheduled: {live}" if live else ""))
+        if workers and len(loader) < SHORT_EPOCH_BATCHES_PER_WORKER * workers:
+            # the workers' queues drain at every epoch's end: a short epoch keeps most workers idle
+            ratio = ds_opt["dataset_enlarge_ratio"]
+            suggest = ratio * math.ceil(SHORT_EPOCH_BATCHES_PER_WORKER * workers / max(len(loader), 1))
+            get_logger().warning(
+                f"train set '{name}': {len(loader)} batches per epoch for {workers} workers; each epoch's end drains "
+                f"their queues, so they idle and the loader delivers a fraction of its rate. Repeat the file list "
+                f"with datasets.{key}.dataset_enlarge_ratio: {suggest} (now {ratio})")
     return stream, val_loaders
