@@ -256,7 +256,7 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
         progress.stop()
         stop.restore()
         if loop.stream is not None:
-            loop.stream.close()  # a cached set's batch thread stops before the process does
+            loop.stream.shutdown()  # batch thread and data workers stop before the process does
         writers.close(failed=failed)
     iteration = results["iter"]
     results.update({"metrics": loop.metrics, "best": model.best, "experiment_dir": str(exp)})

@@ -110,6 +110,16 @@ class BatchStream:
             self._prefetcher.close()
         self._prefetcher = None
 
+    def shutdown(self) -> None:
+        """End of the run: :meth:`close`, then stop the loader's persistent workers now, while the
+        process is whole. Left to interpreter exit, torch skips its orderly shutdown and the exit
+        waited on each worker in turn (close to a minute with 12 workers on a GPU machine)."""
+        self.close()
+        iterator = getattr(self.loader, "_iterator", None)  # persistent workers live here (torch's name)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            self.loader._iterator = None
+
     def rewind(self) -> None:
         """Give back the batches of the current step (e.g. to redo it after an out-of-memory error)."""
         for size in reversed(self._last_sizes):

@@ -70,6 +70,23 @@ def test_batch_size_change_drops_and_repeats_nothing(tmp_path, hr_folder, worker
         stream.set_knob("gt_size", 11)
 
 
+def test_shutdown_stops_persistent_workers_and_close_does_not(tmp_path, hr_folder):
+    from data.batch_stream import BatchStream
+
+    ds = HRImageDataset(str(hr_folder), scale=2, phase="train", gt_size=8)
+    loader = build_dataloader(ds, "train", 2, 2, seed=4, persistent_workers=True, dataset_enlarge_ratio=4)
+    stream = BatchStream(loader, torch.device("cpu"))
+    first = stream.next()["gt_path"]
+    workers = list(loader._iterator._workers)
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    stream.close()  # a restart (new knob, rewind): the workers stay for the next batches
+    assert all(w.is_alive() for w in workers)
+    assert stream.next()["gt_path"] != first  # the stream goes on from its position
+    stream.shutdown()  # the run's end: the workers are gone before the interpreter exits
+    assert not any(w.is_alive() for w in workers)
+    assert loader._iterator is None
+
+
 KNOB_AUTOMATION = '''
 from models.automations.base import Automation
 from utils.registry import AUTOMATION_REGISTRY
