@@ -53,7 +53,7 @@ class BatchStream:
         self._last_sizes: list[int] = []
         self._prefetcher: Any = None
         self.cached: CachedBatches | None = None
-        if getattr(loader.dataset, "cache", None):
+        if getattr(loader.dataset, "makes_device_batches", False):
             self.cached = CachedBatches(loader.dataset, device, channels_last, get_logger())
 
     # --------------------------------------------------------------------- knobs

@@ -276,7 +276,7 @@ def build_loaders(opt: Any, device: torch.device) -> tuple[Any, dict[str, DataLo
             continue
         dataset = build_dataset(ds_opt)
         # a cached set makes its batches on the device (data.cached_batches): workers would idle
-        workers = 0 if getattr(dataset, "cache", None) else ds_opt["num_worker_per_gpu"]
+        workers = 0 if getattr(dataset, "makes_device_batches", False) else ds_opt["num_worker_per_gpu"]
         loader = build_dataloader(
             dataset, "train", ds_opt["batch_size_per_gpu"], workers,
             pin_memory=ds_opt["pin_memory"] and device.type == "cuda", persistent_workers=ds_opt["persistent_workers"],

@@ -182,6 +182,12 @@ class SRImageDatasetBase(Dataset):
             raise ValueError(f"{type(self).__name__}: channels must be a positive integer, got {channels!r}")
         return channels
 
+    @property
+    def makes_device_batches(self) -> bool:
+        """Whether the training batches are made on the run's device from the cache
+        (data.cached_batches, no workers) rather than by :meth:`__getitem__` in workers."""
+        return self.cache is not None
+
     def _check_cache(self, cache: Any) -> str | None:
         name = type(self).__name__
         if cache is None:

@@ -6,9 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import numpy as np
+import torch
 
 from data.auto_split import SplitOptions
+from data.image_cache import ImageCache, format_bytes
 from data.image_io import ImageReadError, list_images, to_float
 from data.imresize import imresize
 from data.lmdb_backend import IoBackend
@@ -36,9 +39,6 @@ EVAL_KERNELS = ("nearest", "box", "bilinear", "bicubic")
 #: live crop settings (probabilities)
 CROP_KNOBS = ("crops_tile_aligned_prob", "prefer_top_p")
 
-#: full-range BT.601 luma, the seed's Y (edge energy is measured on it)
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
 
 # ------------------------------------------------------------------------------ crops
 
@@ -65,16 +65,20 @@ def candidate_corners(h: int, w: int, size: int, rng: np.random.Generator, count
 
 def sobel_energy(patch: np.ndarray) -> float:
     """Edge energy of an HWC patch: the mean of ``Gx**2 + Gy**2`` of the 3x3 Sobel gradients of
-    its luma (BT.601 weights; gray: the channel itself), over the pixels whose 3x3 neighbourhood
-    lies inside the patch (no padding, so the patch border adds no edge). 0 below 3x3."""
-    p = patch.astype(np.float32)
-    # a weighted sum, not ``@ LUMA``: a BLAS call may start a thread per core in every worker
-    y = p[:, :, 0] if p.shape[2] < 3 else p[:, :, 0] * LUMA[0] + p[:, :, 1] * LUMA[1] + p[:, :, 2] * LUMA[2]
-    if y.shape[0] < 3 or y.shape[1] < 3:
+    its full-range BT.601 luma, the seed's Y (OpenCV's RGB2GRAY weights; gray: the channel
+    itself), over the pixels whose 3x3 neighbourhood lies inside the patch (no padding, so the
+    patch border adds no edge). 0 below 3x3."""
+    h, w, channels = patch.shape
+    if h < 3 or w < 3:
         return 0.0
-    gx = (y[:-2, 2:] + 2 * y[1:-1, 2:] + y[2:, 2:]) - (y[:-2, :-2] + 2 * y[1:-1, :-2] + y[2:, :-2])
-    gy = (y[2:, :-2] + 2 * y[2:, 1:-1] + y[2:, 2:]) - (y[:-2, :-2] + 2 * y[:-2, 1:-1] + y[:-2, 2:])
-    return float(np.mean(gx * gx + gy * gy))
+    # OpenCV's kernels: about 4x faster than the same sums as numpy slices, in every crop ranking
+    p = patch.astype(np.float32)
+    to_gray = cv2.COLOR_RGB2GRAY if channels == 3 else cv2.COLOR_RGBA2GRAY
+    y = p[:, :, 0] if channels < 3 else cv2.cvtColor(p[:, :, :4], to_gray)
+    gx = cv2.Sobel(y, cv2.CV_32F, 1, 0, ksize=3)[1:-1, 1:-1]  # the border rows and columns used padding
+    gy = cv2.Sobel(y, cv2.CV_32F, 0, 1, ksize=3)[1:-1, 1:-1]
+    total = cv2.sumElems(cv2.multiply(gx, gx))[0] + cv2.sumElems(cv2.multiply(gy, gy))[0]
+    return float(total / ((h - 2) * (w - 2)))
 
 
 def pick_crop(img: np.ndarray, size: int, rng: np.random.Generator, candidates: int, aligned_prob: float, tile: int,
@@ -113,8 +117,8 @@ class PixelArtDataset(SRImageDatasetBase):
     ``crops_tile_aligned_prob``, ``prefer_top_p`` and every degradation setting but
     ``palette_max_colors``. When palette jitter can fire (any value of ``palette_prob`` above 0) every
     training image is decoded at build and one with more than ``palette_max_colors`` distinct colours
-    is an error naming it. ``cache`` is refused for now: the degradations run on the CPU, in the data
-    workers. Shared options (``split``, ``indices``, ``meta_info_file``, ...): see datasets/README.md.
+    is an error naming it. ``cache: ram`` keeps the decoded images in RAM for the data workers.
+    Shared options (``split``, ``indices``, ``meta_info_file``, ...): see datasets/README.md.
 
     Args:
         degradations: training only: the LR recipe ``{palette_prob, palette_shift, palette_contrast, palette_hue,
@@ -142,7 +146,9 @@ class PixelArtDataset(SRImageDatasetBase):
             ``split`` and ``meta_info_file``); folders only.
         center_crop: validation/test only: cut each gt to its centre ``center_crop`` square (a multiple of
             ``scale``) before the LR is made from it.
-        cache: not supported yet (an error): the degradations run on the CPU in the data workers.
+        cache: training only: ``ram`` decodes every image once at start-up into RAM (the size is logged; a set
+            that does not fit is refused), and the data workers crop and degrade from there instead of decoding
+            a file per sample. ``gpu`` is an error: the degradations run on the CPU, in the workers.
     """
 
     live_options = SRImageDatasetBase.live_options + CROP_KNOBS + KNOBS
@@ -186,6 +192,15 @@ class PixelArtDataset(SRImageDatasetBase):
         self._keep_indices(indices)
         self._filter_meta_info(meta_info_file)
         self._check_images()
+        self._images: ImageCache | None = None
+        if self.cache == "ram":
+            # decoded once here; forked workers read the same pages (nothing is copied per worker)
+            what = f"{len(self)} training images"
+            self._images = ImageCache(len(self), lambda i: (self._read_u8(self.gt_paths[i]),), self.channels, 1,
+                                      "ram", torch.device("cpu"), what)
+            logger.info(f"{type(self).__name__}: cache: ram: {what} decoded once, "
+                        f"{format_bytes(self._images.nbytes)} in {self._images.where}; the data workers crop and "
+                        "degrade them")
         self._palettes_checked = False
         if phase == "train" and max(self._knob_schedules["palette_prob"].values()) > 0:
             self._check_palettes()
@@ -240,11 +255,15 @@ class PixelArtDataset(SRImageDatasetBase):
         return value
 
     def _check_cache(self, cache: Any) -> str | None:
-        if cache is not None:
-            raise ValueError(f"{type(self).__name__}: cache is not supported yet: its degradations (palette jitter, "
+        if cache == "gpu":
+            raise ValueError(f"{type(self).__name__}: cache: gpu is not supported: its degradations (palette jitter, "
                              "resampling mix, blur, noise, JPEG, channel drop) and edge-aware crops run on the CPU in "
-                             "the data workers, while a cached set makes its batches on the device; leave out cache")
-        return None
+                             "the data workers; cache: ram keeps the decoded images in RAM for them")
+        return super()._check_cache(cache)
+
+    @property
+    def makes_device_batches(self) -> bool:
+        return False  # cache: ram only spares the workers the decoding; they still make the samples
 
     def check_knob(self, option: str, value: Any) -> None:
         super().check_knob(option, value)
@@ -311,9 +330,9 @@ class PixelArtDataset(SRImageDatasetBase):
         if self._palettes_checked:
             return
         over: list[str] = []
-        for path in self.gt_paths:
+        for index, path in enumerate(self.gt_paths):
             try:
-                count = count_colours(self._read_u8(path))
+                count = count_colours(self._image(index))
             except ImageReadError:
                 continue  # skipped with a warning when it is read for a sample
             if count > self.palette_max_colors:
@@ -335,6 +354,12 @@ class PixelArtDataset(SRImageDatasetBase):
             raise ValueError(f"{type(self).__name__} reads 8-bit images (pixel art), but '{path}' is {img.dtype}")
         return img
 
+    def _image(self, index: int) -> np.ndarray:
+        """Training image ``index``: a view of the RAM cache, or decoded from its file."""
+        if self._images is not None:
+            return self._images.image(0, index).numpy()
+        return self._read_u8(self.gt_paths[index])
+
     def eval_lq(self, gt: np.ndarray) -> np.ndarray:
         """The clean LR of a validation/test gt: ``eval_kernel``; bicubic gives float32 in [0, 1]."""
         if self.eval_kernel == "bicubic":
@@ -355,7 +380,7 @@ class PixelArtDataset(SRImageDatasetBase):
 
     def load(self, index: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, Path, Path]:
         gt_path = self.gt_paths[index]
-        img = self._read_u8(gt_path)
+        img = self._image(index)
         if rng is None:
             gt = np.ascontiguousarray(self._eval_gt(img, gt_path))
             return gt, self.eval_lq(gt), gt_path, gt_path

@@ -110,7 +110,7 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
         "batch_size": stream.knob("batch_size", warmup + iters),
         "gt_size": stream.knob("gt_size", warmup + iters),
         "cache": train_ds.get("cache"),
-        "workers": 0 if train_ds.get("cache") else train_ds.get("num_worker_per_gpu"),
+        "workers": stream.loader.num_workers,
         "amp": opt.amp,
         "channels_last": opt.channels_last,
         "compile": opt.compile,

@@ -484,9 +484,32 @@ def test_training_options_in_a_validation_set_and_cache_are_refused(tmp_path):
         PixelArtDataset(str(folder), scale=2, phase="val", degradations={}, candidates=3)
     with pytest.raises(ValueError, match="eval_kernel is the clean LR of validation/test sets"):
         PixelArtDataset(str(folder), scale=2, phase="train", gt_size=16, eval_kernel="box")
-    with pytest.raises(ValueError, match="cache is not supported yet"):
-        PixelArtDataset(str(folder), scale=2, phase="train", gt_size=16, cache="ram")
+    with pytest.raises(ValueError, match="cache: gpu is not supported.*cache: ram keeps the decoded images"):
+        PixelArtDataset(str(folder), scale=2, phase="train", gt_size=16, cache="gpu")
+    with pytest.raises(ValueError, match="cache is for training sets"):
+        PixelArtDataset(str(folder), scale=2, phase="val", cache="ram")
     assert not math.isnan(sobel_energy(np.zeros((2, 2, 3), np.uint8)))
+
+
+def test_ram_cache_gives_the_same_samples_without_reading_the_files(tmp_path):
+    folder = _sprite_folder(tmp_path / "hr", 3, side=24)
+    options = {"scale": 2, "phase": "train", "gt_size": 16, "candidates": 3, "prefer_top_p": 0.7,
+               "degradations": {"palette_prob": 0.5, "jpeg_prob": 0.3, "noise_prob": 0.3}}
+    plain = PixelArtDataset(str(folder), **options)
+    cached = PixelArtDataset(str(folder), cache="ram", **options)
+    assert cached.makes_device_batches is False  # the workers still make the samples
+    assert cached._images.nbytes == 3 * 24 * 24 * 3
+    items = [(0, 1), (1, 7), (2, 123), (0, 99)]
+    expected = [plain[item] for item in items]
+    for path in folder.iterdir():  # the files are gone: only the cache can serve them now
+        path.unlink()
+    for item, want in zip(items, expected, strict=True):
+        got = cached[item]
+        assert got["gt"].dtype == torch.uint8
+        assert torch.equal(got["gt"], want["gt"]) and torch.equal(got["lq"], want["lq"])
+        assert got["gt_path"] == want["gt_path"]
+    with pytest.raises(RuntimeError, match="none of the 3 training images could be read"):
+        plain[(0, 1)]  # the uncached set does read the files
 
 
 @pytest.mark.parametrize("override, message", [
