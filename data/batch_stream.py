@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.cached_batches import CachedBatches, CachedPrefetcher
+from data.cached_batches import CachedBatches, CachedPrefetcher, collate_plans
 from data.prefetcher import build_prefetcher
 from utils.logger import get_logger
 
@@ -53,8 +53,12 @@ class BatchStream:
         self._last_sizes: list[int] = []
         self._prefetcher: Any = None
         self.cached: CachedBatches | None = None
+        self._plans: DataLoader | None = None
         if getattr(loader.dataset, "makes_device_batches", False):
             self.cached = CachedBatches(loader.dataset, device, channels_last, get_logger())
+            # the patches are drawn in a worker process; the same batch sampler feeds it
+            self._plans = DataLoader(self.cached.planner(), batch_sampler=self.batch_sampler, num_workers=1,
+                                     collate_fn=collate_plans, persistent_workers=True, prefetch_factor=4)
 
     # --------------------------------------------------------------------- knobs
 
@@ -115,10 +119,11 @@ class BatchStream:
         process is whole. Left to interpreter exit, torch skips its orderly shutdown and the exit
         waited on each worker in turn (close to a minute with 12 workers on a GPU machine)."""
         self.close()
-        iterator = getattr(self.loader, "_iterator", None)  # persistent workers live here (torch's name)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-            self.loader._iterator = None
+        for loader in (self.loader, self._plans):
+            iterator = getattr(loader, "_iterator", None)  # persistent workers live here (torch's name)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
 
     def rewind(self) -> None:
         """Give back the batches of the current step (e.g. to redo it after an out-of-memory error)."""
@@ -152,7 +157,7 @@ class BatchStream:
         self.batch_sampler.set_epoch(self.epoch)
         self.batch_sampler.set_start(self.position, self.batches)
         if self.cached is not None:
-            self._prefetcher = CachedPrefetcher(self.cached, self.batch_sampler)
+            self._prefetcher = CachedPrefetcher(self.cached, self._plans)
             return
         self._prefetcher = build_prefetcher(self.loader, self.device, self.prefetch_mode,
                                             channels_last=self.channels_last)

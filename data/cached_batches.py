@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from data.degradations import fill_value
 from data.image_cache import ImageCache, format_bytes, gather_patches
@@ -61,15 +62,20 @@ class CachedBatches:
 
     # ------------------------------------------------------------------ batches
 
+    def planner(self) -> PatchPlanner:
+        """The sampler items' plans, as a dataset for a data worker (see :class:`PatchPlanner`)."""
+        return PatchPlanner(self.dataset, [self.cache.sizes(i) for i in range(len(self.cache))])
+
     def make(self, items: Iterable[tuple[int, int, dict[str, Any]]]) -> dict[str, Any]:
-        """The batch of ``(index, sample_seed, knobs)`` items, on the device, float, as
+        """The batch of ``(index, sample_seed, knobs)`` items, planned here (outside the stream:
+        the VRAM probe's batches)."""
+        return self.make_planned(*collate_plans([self.planner()[item] for item in items]))
+
+    def make_planned(self, plans: list[PatchPlan], knobs: dict[str, Any]) -> dict[str, Any]:
+        """The batch of ``plans`` (drawn with ``knobs``), on the device, float, as
         :func:`data.prefetcher.batch_to_device` would hand the CPU path's batch to the runner.
         Reads no mutable dataset state, so it may run in a thread."""
         ds, cache = self.dataset, self.cache
-        items = list(items)
-        knobs = items[0][2] if items else {}  # a batch never mixes knob values
-        plans = [ds.plan_patch(int(index), np.random.default_rng(int(seed)), cache.sizes(int(index)), knobs)
-                 for index, seed, _ in items]
         gt_size = int(ds.option("gt_size", knobs))
         sizes = (gt_size, gt_size // ds.scale)[:self.roles]
         # one (roles * B, 5) parameter table, one host-to-device copy
@@ -137,23 +143,49 @@ class CachedBatches:
         return lq.masked_fill(self._to_device(mask), value)
 
 
+class PatchPlanner(Dataset):
+    """A cached set's sampler items ``(index, sample_seed, knobs)`` as :class:`PatchPlan` s.
+
+    Drawing a batch's patches (a generator per sample, crop corners, flips, dropout holes) is
+    the Python-heavy share of a cached batch. Run in the training process it took turns with the
+    step on the interpreter lock; as the dataset of a one-worker DataLoader (data.batch_stream) it
+    runs in another process, and the training process only launches the batch's kernels.
+    """
+
+    def __init__(self, dataset: SRImageDatasetBase, sizes: list[list[tuple[int, int]]]) -> None:
+        self.dataset = dataset
+        self.sizes = sizes
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, item: tuple[int, int, dict[str, Any]]) -> tuple[PatchPlan, dict[str, Any]]:
+        index, seed, knobs = int(item[0]), int(item[1]), item[2]
+        return self.dataset.plan_patch(index, np.random.default_rng(seed), self.sizes[index], knobs), knobs
+
+
+def collate_plans(samples: list[tuple[PatchPlan, dict[str, Any]]]) -> tuple[list[PatchPlan], dict[str, Any]]:
+    """A batch's plans and its knobs (a batch never mixes knob values)."""
+    return [plan for plan, _ in samples], (samples[0][1] if samples else {})
+
+
 class CachedPrefetcher:
     """The prefetcher protocol (``next()``, None at the end of the epoch) for a cached set.
 
-    A thread makes the next batches (``ahead`` of them) while the training step runs: the
-    host's share of a batch (drawing the patches from the seeds, launching a dozen small kernels)
-    is then off the step's critical path, and on a GPU the kernels run on a side stream. The
+    A thread makes the next batches (``ahead`` of them) from the plans of ``planned`` (an
+    iterable of :func:`collate_plans` results: a DataLoader over :meth:`CachedBatches.planner`)
+    while the training step runs, and on a GPU launches their kernels on a side stream. The
     batches and their order are the batch sampler's, whatever the timing. :meth:`close` stops
     the thread; batches it had made are dropped (the stream restarts at its position).
     """
 
-    def __init__(self, batches: CachedBatches, batch_sampler: Iterable, ahead: int = 2) -> None:
+    def __init__(self, batches: CachedBatches, planned: Iterable, ahead: int = 2) -> None:
         self.batches = batches
         self.device = batches.device
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
-        self._items = iter(batch_sampler)  # read here: the sampler's start position is taken now
+        self._planned = iter(planned)  # made here: the sampler's start position is taken now
         self._thread = threading.Thread(target=self._work, name="cached-batches", daemon=True)
         self._thread.start()
 
@@ -168,14 +200,14 @@ class CachedPrefetcher:
 
     def _work(self) -> None:
         try:
-            for items in self._items:
+            for plans, knobs in self._planned:
                 if self._stop.is_set():
                     return
                 if self.stream is None:
-                    made: Any = (self.batches.make(items), None)
+                    made: Any = (self.batches.make_planned(plans, knobs), None)
                 else:
                     with torch.cuda.stream(self.stream):
-                        batch = self.batches.make(items)
+                        batch = self.batches.make_planned(plans, knobs)
                         done = torch.cuda.Event()
                         done.record(self.stream)
                     made = (batch, done)

@@ -235,18 +235,22 @@ def test_an_unreadable_image_is_named_when_the_cache_is_filled(tmp_path):
 
 
 def test_an_error_while_making_a_batch_reaches_the_training_loop(tmp_path, monkeypatch):
-    """Batches are made in a thread; its error is raised by next(), as the worker's would be."""
+    """Patches are drawn in a worker process and kernels launched in a thread; an error in
+    either is raised by next(), as a CPU-path worker's would be."""
     gt_dir, lq_dir = _folders(tmp_path, [(40, 48), (36, 60), (50, 40)])
     path = _paired_yaml(tmp_path, gt_dir, lq_dir)
+    original = PairedImageDataset.plan_patch
+
+    def broken(self, index, rng, sizes, knobs):  # fails once an automation sets aug_prob 0.25
+        if knobs.get("aug_prob") == 0.25:
+            raise ValueError("image 'x.png' is 4x4 (HxW), smaller than the 8x8 patch")
+        return original(self, index, rng, sizes, knobs)
+
+    monkeypatch.setattr(PairedImageDataset, "plan_patch", broken)  # before the worker starts
     _, cached = _streams(path, [], "cpu")
     first = cached.next()
     assert first["gt"].shape[0] == 2
-
-    def broken(*args, **kwargs):
-        raise ValueError("image 'x.png' is 4x4 (HxW), smaller than the 8x8 patch")
-
-    monkeypatch.setattr(cached.cached.dataset, "plan_patch", broken)
-    cached.restart()  # batches made before the break are dropped and made again
+    cached.set_knob("aug_prob", 0.25)  # batches made before are dropped and made again
     with pytest.raises(ValueError, match="smaller than the 8x8 patch"):
         cached.next()
-    cached.close()
+    cached.shutdown()
