@@ -2,7 +2,10 @@
 
 Arch classes may declare ``test_kwargs: dict`` (small widths/depths merged into the constructor
 kwargs here) and ``test_size: int`` (LR side for generators, default 16). Generators declare
-``valid_scales``; discriminators ``input_sizes`` (only the smallest is fed here).
+``valid_scales``; discriminators ``input_sizes`` (only the smallest is fed here). Multi-view map
+generators (PBRFusionNet: stacked views in, a dict of maps out) declare ``map_scales`` instead of
+``valid_scales`` (which marks single-image generators, e.g. for the ONNX export) and
+``test_input_channels``, the channels of their test input; every output map is checked.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def _cases() -> list:
     for name, cls in ARCH_REGISTRY.items():
         if hasattr(cls, "valid_scales"):
             cases += [pytest.param(cls, "scale", s, id=f"{name}-x{s}") for s in cls.valid_scales]
+        elif hasattr(cls, "map_scales"):
+            cases += [pytest.param(cls, "maps", s, id=f"{name}-x{s}") for s in cls.map_scales]
         elif hasattr(cls, "input_sizes"):
             cases.append(pytest.param(cls, "size", min(cls.input_sizes), id=f"{name}-{min(cls.input_sizes)}"))
         else:
@@ -48,10 +53,11 @@ def _default(cls: type, key: str, kwargs: dict):
     return kwargs.get(key, inspect.signature(cls).parameters[key].default)
 
 
-def _forward_backward(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _forward_backward(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
     out = net(x)
-    assert torch.isfinite(out).all()
-    (out * torch.randn_like(out)).sum().backward()
+    outs = list(out.values()) if isinstance(out, dict) else [out]
+    assert all(torch.isfinite(o).all() for o in outs)
+    sum((o * torch.randn_like(o)).sum() for o in outs).backward()
     for pname, p in net.named_parameters():
         if p.requires_grad:
             assert p.grad is not None, f"{pname} got no gradient"
@@ -61,7 +67,7 @@ def _forward_backward(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(("cls", "kind", "value"), _cases())
 def test_forward_backward(cls: type, kind: str | None, value: int) -> None:
-    assert kind is not None, f"{cls.__name__} declares neither valid_scales nor input_sizes"
+    assert kind is not None, f"{cls.__name__} declares none of valid_scales, map_scales, input_sizes"
     torch.manual_seed(0)
     kwargs = dict(getattr(cls, "test_kwargs", {}))
     if kind == "scale":
@@ -71,6 +77,11 @@ def test_forward_backward(cls: type, kind: str | None, value: int) -> None:
         x = torch.rand(2, _default(cls, "num_in_ch", kwargs), size, size)
         out = _forward_backward(net, x)
         assert out.shape == (2, _default(cls, "num_out_ch", kwargs), size * value, size * value)
+    elif kind == "maps":
+        kwargs["scale"] = value
+        size = getattr(cls, "test_size", 16)
+        out = _forward_backward(cls(**kwargs), torch.rand(2, cls.test_input_channels, size, size))
+        assert out and all(o.shape[0] == 2 and o.shape[-2:] == (size * value, size * value) for o in out.values())
     else:
         net = cls(**kwargs)
         out = _forward_backward(net, torch.rand(2, _default(cls, "num_in_ch", kwargs), value, value))
