@@ -71,13 +71,19 @@ class SRModel(BaseModel):
     def net_g(self) -> nn.Module:
         return self.nets["net_g"]
 
+    def generate(self, net: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The generator's output for ``batch`` (what a discriminator sees and ``batch["gt"]`` is
+        compared with) and the named tensors the losses may ask for (``loss_tensors``)."""
+        with self.autocast():
+            sr = net(batch["lq"])
+        return sr, {"sr": sr, "gt": batch["gt"], "lq": batch["lq"]}
+
     def train_step(self, batches: list[dict[str, torch.Tensor]], iteration: int) -> None:
         """One optimiser step over ``accumulate_grad_batches`` micro-batches (no host sync)."""
         net = self.train_nets["net_g"]
         for batch in self.accumulate(batches, "g"):
-            with self.autocast():
-                sr = net(batch["lq"])
-            loss = self.losses({"sr": sr, "gt": batch["gt"], "lq": batch["lq"]}, iteration)
+            sr, tensors = self.generate(net, batch)
+            loss = self.losses(tensors, iteration)
             self.backward(loss, "g", len(batches))
         self.log_train_metrics(sr, batch["gt"], iteration)
         self.optimizer_step("g")

@@ -65,6 +65,8 @@ class SRGANModel(SRModel):
     def check_options(cls, opt: Options) -> list[tuple[str, str]]:
         problems = super().check_options(opt)
         g, d = opt.network_g, opt.network_d
+        if d is None:
+            return problems
         out_ch = component_keyword(ARCH_REGISTRY, g, "num_out_ch")
         in_ch = component_keyword(ARCH_REGISTRY, d, "num_in_ch")
         if out_ch is not None and in_ch is not None and out_ch != in_ch:
@@ -84,16 +86,25 @@ class SRGANModel(SRModel):
         if t is None:
             return
         p = opt.path
-        self.adversary = Adversary(self, opt.network_d, t.gan, t.optim_d, t.scheduler_d, t.grad_clip_d,
-                                   p.pretrain_network_d, p.strict_load_d, p.param_key_d)
+        self.adversary: Adversary | None = None
+        if opt.network_d is not None:  # optional in runners that declare network_d so (PBRModel)
+            self.adversary = Adversary(self, opt.network_d, t.gan, t.optim_d, t.scheduler_d, t.grad_clip_d,
+                                       p.pretrain_network_d, p.strict_load_d, p.param_key_d)
+
+    def gan_schedule(self) -> tuple[int, int, int]:
+        """``(g_pretrain_steps, net_d_iters, net_d_init_iters)``; a runner with other option names
+        for them (PBRModel: ``gan_start``, ``d_steps_per_g_step``) maps its own here."""
+        t = self.opt.train
+        return t.g_pretrain_steps, t.net_d_iters, t.net_d_init_iters
 
     def phase(self, iteration: int) -> tuple[bool, bool, bool]:
-        """(generator-only pre-training, generator steps, discriminator steps) at ``iteration``."""
-        t = self.opt.train
-        if iteration <= t.g_pretrain_steps:
+        """(generator-only pre-training, generator steps, discriminator steps) at ``iteration``;
+        always the first without a discriminator."""
+        pretrain_steps, d_iters, d_init_iters = self.gan_schedule()
+        if getattr(self, "adversary", None) is None or iteration <= pretrain_steps:
             return True, True, False
-        a = iteration - t.g_pretrain_steps
-        return False, a > t.net_d_init_iters and a % t.net_d_iters == 0, True
+        a = iteration - pretrain_steps
+        return False, a > d_init_iters and a % d_iters == 0, True
 
     def adversarial_weight(self, iteration: int) -> float:
         return 0.0 if self.phase(iteration)[0] else self.adversary.weight(iteration)
@@ -103,15 +114,15 @@ class SRGANModel(SRModel):
         net = self.train_nets["net_g"]
         fakes: list[torch.Tensor] = []
         if train_g:
-            self.adversary.freeze()
+            if self.adversary is not None:
+                self.adversary.freeze()
             for batch in self.accumulate(batches, "g"):
-                with self.autocast():
-                    sr = net(batch["lq"])
+                sr, tensors = self.generate(net, batch)
                 if train_d:
                     # A copy for the discriminator: under compile: reduce-overhead the output lives in
                     # CUDA-graph memory that a later graph replay may reuse before the D step reads it.
                     fakes.append(sr.detach().clone())
-                loss = self.losses({"sr": sr, "gt": batch["gt"], "lq": batch["lq"]}, iteration)
+                loss = self.losses(tensors, iteration)
                 if not pretrain:
                     adversarial = self.adversary.generator_loss(sr, batch["gt"], iteration)
                     if adversarial is not None:
@@ -123,14 +134,14 @@ class SRGANModel(SRModel):
             self.optimizer_step("g")
         if train_d:
             if not train_g:  # a discriminator-only step still needs the generator's current outputs
-                with torch.no_grad(), self.autocast():
-                    fakes = [net(batch["lq"]).clone() for batch in batches]
+                with torch.no_grad():
+                    fakes = [self.generate(net, batch)[0].clone() for batch in batches]
             self.adversary.step([batch["gt"] for batch in batches], fakes)
         self.end_step(iteration)
 
     def status_scalars(self, iteration: int) -> dict[str, float]:
         out = super().status_scalars(iteration)
-        if hasattr(self, "adversary"):
+        if getattr(self, "adversary", None) is not None:
             out["training/pretrain_phase"] = float(self.phase(iteration)[0])
             out["training/adv_loss_weight"] = self.adversarial_weight(iteration)
         return out
