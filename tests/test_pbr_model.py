@@ -1,0 +1,112 @@
+"""PBRModel (NeuroPBR runner): map stacking, baselines, phases, option checks, and a short real
+training run on a rendered set (views and maps from scripts/render_pbr_views.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.pbr_multiview_dataset import MAP_SLICES
+from models.pbr_model import PBRModel, constant_maps, first_view_flat_normal, split_maps, stack_maps
+from tests.conftest import ROOT
+from train import train
+from utils.options import OptionsError, load_options
+
+PRESET = ROOT / "options" / "train" / "PBR" / "quick_test.yml"
+# a network small enough for the CPU: a 3-level UNet encoder, a one-layer 32-wide fusion
+TINY_NET = ["network_g.encoder=unet", "network_g.unet_channels=[8,16,32]", "network_g.fusion_dim=32",
+            "network_g.fusion_heads=2", "network_g.fusion_depth=1", "network_d.ndf=8", "network_d.n_layers=2"]
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pbr") / "render"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "render_pbr_views.py"), "--procedural", "4",
+                    "--samples", "3", "--size", "32", "--seed", "3", "--out", str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+def _overrides(rendered: Path, tmp_path: Path, *extra: str) -> list[str]:
+    data = [f"datasets.{s}.{k}={rendered / d}" for s in ("train", "val")
+            for k, d in (("dataroot_input", "input"), ("dataroot_output", "output"))]
+    sizes = [f"datasets.{s}.{k}" for s in ("train", "val") for k in ("image_size=32", "split.ratios=[0.6,0.4,0]")]
+    return [*data, *sizes, *TINY_NET, "datasets.train.batch_size_per_gpu=2", "datasets.train.num_worker_per_gpu=0",
+            "train.total_iter=6", "train.gan_start=3", "val.val_freq=6", "logger.save_checkpoint_freq=6",
+            "logger.print_freq=3", "logger.use_tb_logger=false", f"path.experiments_root={tmp_path}", *extra]
+
+
+def test_maps_are_stacked_in_the_datasets_layout():
+    maps = {"albedo": torch.full((1, 3, 2, 2), 0.25), "roughness": torch.full((1, 1, 2, 2), 0.5),
+            "metallic": torch.full((1, 1, 2, 2), 1.0),
+            "normal": torch.tensor([0.0, 0.6, 0.8]).view(1, 3, 1, 1).expand(1, 3, 2, 2)}
+    stacked = stack_maps(maps)
+    # albedo 0-2, roughness 3, metallic 4, normal 5-7 encoded n * 0.5 + 0.5: (0.5, 0.8, 0.9)
+    assert stacked[0, :, 0, 0].tolist() == pytest.approx([0.25, 0.25, 0.25, 0.5, 1.0, 0.5, 0.8, 0.9])
+    back = split_maps(stacked)
+    assert {k: v.shape[1] for k, v in back.items()} == {"albedo": 3, "roughness": 1, "metallic": 1, "normal": 3}
+    assert torch.equal(back["roughness"], maps["roughness"])
+    with pytest.raises(ValueError, match="PBRModel needs albedo, roughness, metallic, normal"):
+        stack_maps({"albedo": maps["albedo"]})
+
+
+def test_baseline_predictions_by_hand():
+    mean = torch.arange(8, dtype=torch.float32).view(1, 8, 1, 1) / 10  # 0.0, 0.1, ..., 0.7
+    views = torch.rand(2, 9, 4, 4)
+    const = constant_maps(views, mean, 1)
+    assert const.shape == (2, 8, 4, 4) and const[1, :, 3, 2].tolist() == pytest.approx(mean.flatten().tolist())
+    first = first_view_flat_normal(views, mean, 1)
+    assert torch.equal(first[:, MAP_SLICES["albedo"]], views[:, :3])
+    assert first[0, MAP_SLICES["normal"], 1, 1].tolist() == [0.5, 0.5, 1.0]  # the flat normal (0, 0, 1)
+    assert first[0, 3:5, 0, 0].tolist() == pytest.approx([0.3, 0.4])  # roughness and metallic: the means
+    assert first_view_flat_normal(views, mean, 2).shape == (2, 8, 8, 8)
+
+
+def test_phases_follow_gan_start_and_d_steps(rendered, tmp_path):
+    opt = load_options(PRESET, _overrides(rendered, tmp_path, "train.gan_start=3", "train.d_steps_per_g_step=2"))
+    model = PBRModel(opt, torch.device("cpu"))
+    phases = [model.phase(i) for i in range(1, 8)]
+    assert phases[:3] == [(True, True, False)] * 3  # generator only up to gan_start
+    # a = i - 3 = 1..4: the discriminator every step, the generator every second
+    assert phases[3:] == [(False, False, True), (False, True, True), (False, False, True), (False, True, True)]
+    without_d = load_options(PRESET, _overrides(rendered, tmp_path, "network_d=null", "train.optim_d=null",
+                                                "train.gan=null"))
+    assert PBRModel(without_d, torch.device("cpu")).phase(5) == (True, True, False)
+
+
+@pytest.mark.parametrize(("extra", "key", "message"), [
+    (["val.tta=true"], "val.tta", "flipping the views does not flip the normals"),
+    (["train.optim_d=null"], "train.optim_d", "required with network_d"),
+    (["network_d=null", "train.optim_d=null"], "train.gan", "an adversarial loss needs network_d"),
+    (["train.losses[0].inputs=[sr,gt]"], "train.losses[0]", "needs the tensor 'sr'"),
+])
+def test_option_checks_name_the_key(rendered, tmp_path, extra, key, message):
+    with pytest.raises(OptionsError) as err:
+        load_options(PRESET, _overrides(rendered, tmp_path, *extra))
+    assert key in str(err.value) and message in str(err.value)
+
+
+def test_training_logs_every_map_and_scores_against_the_baselines(rendered, tmp_path):
+    result = train(PRESET, _overrides(rendered, tmp_path, "val.save_img=true"))
+    exp = Path(result["experiment_dir"])
+    metrics = json.loads((exp / "metrics.json").read_text())
+    val = metrics["metrics"]["pbr_val"]
+    assert {"psnr_albedo", "mae_roughness", "mae_metallic", "normal_angle", "normal_angle_median"} <= set(val)
+    assert 0.0 <= val["normal_angle"] <= 180.0 and 0.0 <= val["mae_metallic"] <= 1.0
+    baselines = metrics["baselines"]
+    flat = baselines["pbr_val (view 0 + flat normal)"]
+    mean = baselines["pbr_val (mean maps)"]
+    # both baselines use the set's mean roughness and metallic, so they score those identically
+    assert flat["mae_roughness"] == pytest.approx(mean["mae_roughness"])
+    assert flat["mae_metallic"] == pytest.approx(mean["mae_metallic"])
+    assert flat["normal_angle"] > 0.0
+    weights = {p.name for p in (exp / "models").iterdir()}
+    assert {"net_g_6.safetensors", "net_d_6.safetensors", "net_g_best.safetensors"} <= weights
+    saved = [p.name for p in (exp / "visualization").rglob("*.png")]
+    for name in ("albedo", "roughness", "metallic", "normal"):  # <sample>_<iteration>_<map>.png
+        assert any(n.startswith("sample_") and n.endswith(f"_6_{name}.png") for n in saved), saved
