@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from data.image_io import read_image, tensor2img
 from data.pbr_multiview_dataset import MAP_SLICES
 from models.pbr_model import PBRModel, constant_maps, first_view_flat_normal, split_maps, stack_maps
-from tests.conftest import ROOT
+from scripts import pbr_infer
+from tests.conftest import ROOT, write_png
 from train import train
 from utils.options import OptionsError, load_options
 
@@ -91,9 +94,15 @@ def test_option_checks_name_the_key(rendered, tmp_path, extra, key, message):
     assert key in str(err.value) and message in str(err.value)
 
 
-def test_training_logs_every_map_and_scores_against_the_baselines(rendered, tmp_path):
-    result = train(PRESET, _overrides(rendered, tmp_path, "val.save_img=true"))
-    exp = Path(result["experiment_dir"])
+@pytest.fixture(scope="module")
+def trained(rendered, tmp_path_factory) -> Path:
+    """The experiment folder of a 6-iteration run (GAN from iteration 4) on the rendered set."""
+    runs = tmp_path_factory.mktemp("runs")
+    return Path(train(PRESET, _overrides(rendered, runs, "val.save_img=true"))["experiment_dir"])
+
+
+def test_training_logs_every_map_and_scores_against_the_baselines(trained):
+    exp = trained
     metrics = json.loads((exp / "metrics.json").read_text())
     val = metrics["metrics"]["pbr_val"]
     assert {"psnr_albedo", "mae_roughness", "mae_metallic", "normal_angle", "normal_angle_median"} <= set(val)
@@ -110,3 +119,40 @@ def test_training_logs_every_map_and_scores_against_the_baselines(rendered, tmp_
     saved = [p.name for p in (exp / "visualization").rglob("*.png")]
     for name in ("albedo", "roughness", "metallic", "normal"):  # <sample>_<iteration>_<map>.png
         assert any(n.startswith("sample_") and n.endswith(f"_6_{name}.png") for n in saved), saved
+
+
+def test_pbr_infer_writes_what_the_network_predicts(rendered, trained, tmp_path):
+    weights = trained / "models" / "net_g_best.safetensors"
+    views = [rendered / "input" / "clean" / "sample_0000" / f"{v}.png" for v in range(3)]
+    assert pbr_infer.main(["--model", str(weights), "--views", *map(str, views), "-o", str(tmp_path / "a"),
+                           "--device", "cpu"]) == 0
+    net = pbr_infer.load_map_network(weights)
+    expected = pbr_infer.predict(net, pbr_infer.read_views(views, 3), torch.device("cpu"))
+    for name, value in expected.items():
+        written = read_image(tmp_path / "a" / f"{name}.png", keep_channels=True)
+        assert written.shape[:2] == (32, 32)
+        # the prediction as the 8-bit PNG holds it (to one level: the writer's rounding of exact halves)
+        assert np.abs(written * 255 - (tensor2img(value[0]) * 255).round()).max() <= 1.0
+    assert read_image(tmp_path / "a" / "view_2.png").tolist() == read_image(views[2]).tolist()
+    # a dataset sample: its reference maps are written beside the prediction
+    args = ["--model", str(weights), "--opt", str(PRESET), "--sample-idx", "0", "-o", str(tmp_path / "b"),
+            "--device", "cpu"] + [a for o in _overrides(rendered, tmp_path)[:8] for a in ("--override", o)]
+    assert pbr_infer.main(args) == 0
+    written = {p.name for p in (tmp_path / "b").iterdir()}
+    assert {"albedo.png", "albedo_gt.png", "normal_gt.png", "view_0.png"} <= written
+
+
+def test_pbr_infer_bad_input_is_named(rendered, trained, tmp_path, small_edsr):
+    views = [rendered / "input" / "clean" / "sample_0000" / f"{v}.png" for v in range(3)]
+    with pytest.raises(ValueError, match="the network takes 3 views, got 2"):
+        pbr_infer.read_views(views[:2], 3)
+    small = tmp_path / "small.png"
+    write_png(small, np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="the views differ in size"):
+        pbr_infer.read_views([views[0], views[1], small], 3)
+    with pytest.raises(ValueError, match="an image-to-image network; pbr_infer.py needs a multi-view map network"):
+        pbr_infer.load_map_network(small_edsr[0])
+    weights = trained / "models" / "net_g_best.safetensors"
+    assert pbr_infer.main(["--model", str(weights), "--views", str(views[0]), str(views[1]), "-o",
+                           str(tmp_path / "c")]) == 1
+    assert not (tmp_path / "c").exists()
