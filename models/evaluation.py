@@ -148,6 +148,14 @@ def check_test_options(opt: Options, specs: Sequence[ModelSpec] = ()) -> list[tu
     models of the file and of ``--models`` (default: the file's)."""
     specs = list(specs) if specs else [spec_from_entry(e, i) for i, e in enumerate(opt.models)]
     problems = []
+    from utils.registry import MODEL_REGISTRY
+
+    outputs = getattr(MODEL_REGISTRY.get(opt.model_type), "outputs", ("sr",))
+    if tuple(outputs) != ("sr",):
+        problems.append(("model_type", f"{opt.model_type} has the outputs {', '.join(outputs)}; test.py scores "
+                         "one image output (sr). Score them with train.py's validation (val.metrics with output:, "
+                         "val.baselines), or write them with the runner's inference script (PBRModel: "
+                         "scripts/pbr_infer.py)"))
     if not opt.path.pretrain_network_g and not specs:
         problems.append(("path.pretrain_network_g", "a test file needs weights to evaluate (or a models: list, "
                                                     "or --models)"))

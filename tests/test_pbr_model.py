@@ -156,3 +156,12 @@ def test_pbr_infer_bad_input_is_named(rendered, trained, tmp_path, small_edsr):
     assert pbr_infer.main(["--model", str(weights), "--views", str(views[0]), str(views[1]), "-o",
                            str(tmp_path / "c")]) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_test_py_names_what_it_cannot_score(rendered, trained, tmp_path):
+    from models.evaluation import evaluate
+
+    weights = trained / "models" / "net_g_best.safetensors"
+    args = [*_overrides(rendered, tmp_path)[:8], f"path.pretrain_network_g={weights}"]
+    with pytest.raises(OptionsError, match="PBRModel has the outputs albedo, roughness, .*; test.py scores one"):
+        evaluate(PRESET, args)
