@@ -165,3 +165,21 @@ def test_test_py_names_what_it_cannot_score(rendered, trained, tmp_path):
     args = [*_overrides(rendered, tmp_path)[:8], f"path.pretrain_network_g={weights}"]
     with pytest.raises(OptionsError, match="PBRModel has the outputs albedo, roughness, .*; test.py scores one"):
         evaluate(PRESET, args)
+
+
+def test_tensorboard_panel_rows(rendered, tmp_path):
+    opt = load_options(PRESET, _overrides(rendered, tmp_path))
+    model = PBRModel(opt, torch.device("cpu"))
+    views = torch.rand(1, 9, 4, 4)
+    targets = split_maps(torch.rand(1, 8, 4, 4))
+    outputs = {k: v.clone() for k, v in targets.items()}
+    outputs["roughness"] = outputs["roughness"] + 0.2  # one map off by 0.2: heat 9 * 0.2 = 1.8
+    panel = model.panel({"lq": views}, outputs, targets)
+    assert panel.shape == (3, 16, 16)  # 4 rows (views, prediction, reference, error) x 4 maps
+    assert torch.equal(panel[:, 0:4, 4:8], views[0, 3:6])  # view 1, top row
+    assert torch.equal(panel[:, 4:8, 0:4], outputs["albedo"][0])  # predicted albedo
+    assert torch.equal(panel[:, 8:12, 4:8], targets["roughness"][0].expand(3, -1, -1))  # gray map as RGB
+    heat = panel[:, 12:16]
+    assert torch.equal(heat[:, :, 0:4], torch.zeros(3, 4, 4))  # albedo: no error, black
+    expected = torch.tensor([1.0, 0.8, 0.0]).view(3, 1, 1).expand(3, 4, 4)  # roughness: red 1, green 0.8, blue 0
+    assert torch.allclose(heat[:, :, 4:8], expected, atol=1e-5)
