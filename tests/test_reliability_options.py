@@ -175,7 +175,7 @@ def test_an_unknown_runner_is_named_with_the_known_ones(tmp_path, hr_folder, cap
     argv = ["-opt", str(small_train_yaml(tmp_path, hr_folder)), "-o", "model_type=Nope"] + (["--check"] * check)
     code, _, err = _run(train_module.main, argv, capsys)
     assert code == 2 and "Traceback" not in err
-    assert "model_type" in err and "Known: SRGANModel, SRModel" in err
+    assert "model_type" in err and "Known: PBRModel, SRGANModel, SRModel" in err
 
 
 def test_check_validates_a_test_file_as_a_test_file(tmp_path, capsys):
