@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from data.auto_split import SplitOptions, check_split, split_indices, split_name
 from data.degradations import (
@@ -32,6 +30,7 @@ from data.image_io import (
     tensor_to_float,
 )
 from data.lmdb_backend import IoBackend, LmdbReader, backend_type, key_of
+from data.seeded_items import SeededItems
 from data.transforms import augment, crop_origin, flip_draws, mod_crop, paired_random_crop
 from utils.registry import DATASET_REGISTRY
 from utils.schedule import Schedule, Scheduled, as_schedule, integer_schedule
@@ -60,7 +59,7 @@ class PatchPlan:
 SIZE_DECODE_LIMIT = 64
 
 
-class SRImageDatasetBase(Dataset):
+class SRImageDatasetBase(SeededItems):
     """What every SR image dataset shares: option checks, per-sample RNG, skipping bad files.
 
     Subclasses fill ``self.gt_paths`` (then call :meth:`_keep_indices`) and implement
@@ -172,10 +171,7 @@ class SRImageDatasetBase(Dataset):
             self.gt_size = self._schedule("gt_size", sizes)
         self.aug_prob = self._schedule("aug_prob", as_schedule(aug_prob))
         self.gt_paths: list[Path] = []
-        self._knobs: dict[str, Any] = {}
-        # Per process: each DataLoader worker keeps its own count and list.
-        self.num_skipped = 0
-        self._unreadable: set[int] = set()
+        super().__init__()  # per process: each DataLoader worker keeps its own skip count and set
 
     def _check_channels(self, channels: Any) -> int:
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
@@ -521,41 +517,8 @@ class SRImageDatasetBase(Dataset):
                              + " and ".join(f"'{p}'" for p in paths))
             raise
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
-        """``item`` is an index, an ``(index, sample_seed)`` pair from a seeding sampler, or an
-        ``(index, sample_seed, knobs)`` triple whose knobs set live options for this sample."""
-        knobs: dict[str, Any] = {}
-        if isinstance(item, (tuple, list)):
-            index, seed = int(item[0]), int(item[1])
-            knobs = item[2] if len(item) > 2 else {}
-        else:
-            index, seed = int(item), None
-        self._knobs = knobs
-        n = len(self)
-        if not 0 <= index < n:
-            raise IndexError(f"{type(self).__name__}: index {index} out of range for {n} images")
-        if self.phase != "train":
-            return self._make(index, None)
-
-        if seed is None:
-            # Seeded from torch's RNG so torch.manual_seed and DataLoader worker seeding decide
-            # every crop and flip, which makes runs (and resumes) reproducible.
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        rng = np.random.default_rng(seed)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._unreadable:
-                continue
-            try:
-                return self._make(i, rng)
-            except ImageReadError as err:
-                self._unreadable.add(i)
-                self.num_skipped += 1
-                logger.warning("skipping unreadable training image: %s", err)
-        raise RuntimeError(
-            f"{type(self).__name__}: none of the {n} training images could be read "
-            f"(first: '{self.gt_paths[0]}'); see the warnings above for the reasons"
-        )
+    def _first_name(self) -> str:
+        return str(self.gt_paths[0])
 
 
 class SizeProbe:

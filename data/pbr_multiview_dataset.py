@@ -26,8 +26,6 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from data.auto_split import SplitOptions, check_split, split_indices
 from data.image_io import (
@@ -43,6 +41,7 @@ from data.image_io import (
 )
 from data.paired_image_dataset import PHASES
 from data.pbr_rendering import MAP_NAMES, transform_normals
+from data.seeded_items import SeededItems
 from utils.registry import DATASET_REGISTRY
 
 logger = logging.getLogger("upforge")
@@ -146,7 +145,7 @@ def move_normal(encoded: np.ndarray, rotations: int, flip: bool) -> np.ndarray:
 
 
 @DATASET_REGISTRY.register()
-class PBRMultiViewDataset(Dataset):
+class PBRMultiViewDataset(SeededItems):
     """Multi-view PBR samples: ``num_views`` rendered views of a material in, its albedo, roughness,
     metallic and normal maps out (the NeuroPBR layout that scripts/render_pbr_views.py writes).
 
@@ -187,6 +186,7 @@ class PBRMultiViewDataset(Dataset):
             with ``part: train`` in the training set and ``part: val`` in the validation set.
     """
 
+    item_noun = "samples"
     #: no option of this set changes during a run (the batch stream asks)
     live_options: tuple[str, ...] = ()
 
@@ -229,9 +229,7 @@ class PBRMultiViewDataset(Dataset):
         self.metadata = self._read_metadata(self.metadata_path)
         self.samples: list[PBRSample] = self._list_samples()
         self._check_sizes_at_build()
-        # per process: each DataLoader worker keeps its own count and set
-        self.num_skipped = 0
-        self._unreadable: set[int] = set()
+        super().__init__()  # per process: each DataLoader worker keeps its own skip count and set
         if phase != "train":
             self._verify_all()
 
@@ -461,31 +459,9 @@ class PBRMultiViewDataset(Dataset):
                              f"'{sample.target}'")
             raise
 
-    def __getitem__(self, item: int | tuple[int, int] | tuple[int, int, dict]) -> dict[str, Any]:
-        """``item`` is an index, an ``(index, sample_seed)`` pair from a seeding sampler, or an
-        ``(index, sample_seed, knobs)`` triple (the knobs are ignored)."""
-        if isinstance(item, (tuple, list)):
-            index, seed = int(item[0]), int(item[1])
-        else:
-            index, seed = int(item), None
-        n = len(self)
-        if not 0 <= index < n:
-            raise IndexError(f"{type(self).__name__}: index {index} out of range for {n} samples")
-        if self.phase != "train":
-            return self._make(index, None)
-        if seed is None:  # from torch's RNG, so torch.manual_seed and worker seeding decide it
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        rng = np.random.default_rng(seed)
-        for step in range(n):
-            i = (index + step) % n
-            if i in self._unreadable:
-                continue
-            try:
-                return self._make(i, rng)
-            except ImageReadError as err:
-                self._unreadable.add(i)
-                self.num_skipped += 1
-                logger.warning("skipping unreadable training sample %s (%s): %s", self.samples[i].name,
-                               self.samples[i].source, err)
-        raise RuntimeError(f"{type(self).__name__}: none of the {n} training samples could be read (first: "
-                           f"'{self.samples[0].folder}'); see the warnings above for the reasons")
+    def _skip_warning(self, index: int, err: ImageReadError) -> str:
+        sample = self.samples[index]
+        return f"skipping unreadable training sample {sample.name} ({sample.source}): {err}"
+
+    def _first_name(self) -> str:
+        return str(self.samples[0].folder)
