@@ -18,7 +18,7 @@ import pytest
 from data import pbr_rendering as pr
 from data.image_io import read_image
 from scripts import render_pbr_views as rv
-from tests.conftest import ROOT, SHARED
+from tests.conftest import ROOT, SHARED, LogLines
 
 AMBIENTCG = SHARED / "data" / "pbr_ambientcg"
 
@@ -221,18 +221,9 @@ def test_degradations() -> None:
 # ------------------------------------------------------------------------ the command
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def _run(argv: list[str]) -> tuple[int, list[str]]:
     """main(argv) with the log messages it wrote."""
-    log, lines = logging.getLogger("upforge"), _Lines()
+    log, lines = logging.getLogger("upforge"), LogLines()
     code = None
     try:
         # main() sets the logger up (removing handlers), so attach after it starts: wrap setup_logger

@@ -17,6 +17,7 @@ import torch
 from archs.edsr_arch import EDSR
 from scripts import extract_frames as ef
 from scripts import upscale as up
+from tests.conftest import LogLines
 
 FPS = 12.5
 W, H, N = 32, 24, 12
@@ -111,19 +112,10 @@ def test_extract_errors(tmp_path: Path, video) -> None:
 # ------------------------------------------------------------------------ upscale.py, video
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def test_upscale_video_matches_frames(tmp_path: Path, video, small_edsr) -> None:
     path, frames = video
     weights, net = small_edsr
-    log, lines = logging.getLogger("upforge"), _Lines()
+    log, lines = logging.getLogger("upforge"), LogLines()
     log.addHandler(lines)
     level = log.level
     log.setLevel(logging.INFO)
