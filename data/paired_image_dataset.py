@@ -502,20 +502,12 @@ class SRImageDatasetBase(SeededItems):
             gt_t, lq_t = tensor_to_float(gt_t), tensor_to_float(lq_t)
         return {"lq": lq_t, "gt": gt_t, "lq_path": str(lq_path), "gt_path": str(gt_path)}
 
-    def _make(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
-        """:meth:`_sample`; an error that does not name the sample's files gets a note naming
-        them, which a DataLoader worker's error shows too (see data.data_loader.SampleLoader)."""
-        try:
-            return self._sample(index, rng)
-        except ImageReadError:  # names its file
-            raise
-        except Exception as err:
-            paths = [str(self.gt_paths[index]), str(getattr(self, "lq_paths", self.gt_paths)[index])]
-            paths = list(dict.fromkeys(paths))
-            if not any(p in str(err) for p in paths):
-                err.add_note(f"while making sample {index} of {type(self).__name__} from "
-                             + " and ".join(f"'{p}'" for p in paths))
-            raise
+    def _error_note(self, index: int, err: Exception) -> str | None:
+        paths = [str(self.gt_paths[index]), str(getattr(self, "lq_paths", self.gt_paths)[index])]
+        paths = list(dict.fromkeys(paths))
+        if any(p in str(err) for p in paths):
+            return None
+        return f"while making sample {index} of {type(self).__name__} from " + " and ".join(f"'{p}'" for p in paths)
 
     def _first_name(self) -> str:
         return str(self.gt_paths[0])

@@ -446,18 +446,12 @@ class PBRMultiViewDataset(SeededItems):
         return {"lq": lq, "gt": gt, "lq_path": str(sample.folder), "gt_path": str(sample.target),
                 "source": sample.source, "material": sample.material}
 
-    def _make(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
-        """:meth:`_sample`; an error that names none of the sample's files gets a note naming its folders."""
-        try:
-            return self._sample(index, rng)
-        except ImageReadError:  # names its file
-            raise
-        except Exception as err:
-            sample = self.samples[index]
-            if not any(str(p) in str(err) for p in (*sample.views, *sample.maps)):
-                err.add_note(f"while making sample {index} of {type(self).__name__} from '{sample.folder}' and "
-                             f"'{sample.target}'")
-            raise
+    def _error_note(self, index: int, err: Exception) -> str | None:
+        """Names the sample's folders when the error names none of its files."""
+        sample = self.samples[index]
+        if any(str(p) in str(err) for p in (*sample.views, *sample.maps)):
+            return None
+        return f"while making sample {index} of {type(self).__name__} from '{sample.folder}' and '{sample.target}'"
 
     def _skip_warning(self, index: int, err: ImageReadError) -> str:
         sample = self.samples[index]

@@ -19,7 +19,7 @@ class SeededItems(Dataset):
     sample_seed, knobs)`` triple: a training sample is made from its own generator, and an
     unreadable one is skipped (with a warning, counted in ``num_skipped``) for the next readable one.
 
-    Subclasses set ``phase`` and implement ``_make(index, rng)`` (``rng`` None outside training),
+    Subclasses set ``phase`` and implement :meth:`_sample`, :meth:`_error_note`,
     :meth:`_skip_warning` and :meth:`_first_name`; ``item_noun`` names their items in messages.
     """
 
@@ -30,8 +30,26 @@ class SeededItems(Dataset):
         self.num_skipped = 0
         self._unreadable: set[int] = set()
 
-    def _make(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+    def _sample(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+        """Item ``index``, made from ``rng`` in training (None otherwise)."""
         raise NotImplementedError
+
+    def _error_note(self, index: int, err: Exception) -> str | None:
+        """A note naming item ``index``'s files for an error that does not name them, else None."""
+        return None
+
+    def _make(self, index: int, rng: np.random.Generator | None) -> dict[str, Any]:
+        """:meth:`_sample`, with :meth:`_error_note` added to an error that names no file of the
+        item; a DataLoader worker's error shows it too (see data.data_loader.SampleLoader)."""
+        try:
+            return self._sample(index, rng)
+        except ImageReadError:  # names its file
+            raise
+        except Exception as err:
+            note = self._error_note(index, err)
+            if note:
+                err.add_note(note)
+            raise
 
     def _skip_warning(self, index: int, err: ImageReadError) -> str:
         """The warning logged when item ``index`` is skipped for ``err``."""
