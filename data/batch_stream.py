@@ -57,7 +57,7 @@ class BatchStream:
         if getattr(loader.dataset, "makes_device_batches", False):
             self.cached = CachedBatches(loader.dataset, device, channels_last, get_logger())
             # the patches are drawn in a worker process; the same batch sampler feeds it
-            self._plans = DataLoader(self.cached.planner(), batch_sampler=self.batch_sampler, num_workers=1,
+            self._plans = DataLoader(self.cached.planner, batch_sampler=self.batch_sampler, num_workers=1,
                                      collate_fn=collate_plans, persistent_workers=True, prefetch_factor=4)
 
     # --------------------------------------------------------------------- knobs

@@ -54,6 +54,8 @@ class CachedBatches:
         # the batch's path strings, made once: at hundreds of batches a second they add up
         self._gt_names = [str(p) for p in dataset.gt_paths]
         self._lq_names = [str(p) for p in getattr(dataset, "lq_paths", dataset.gt_paths)]
+        #: the sampler items' plans, as the dataset of the planning worker (see :class:`PatchPlanner`)
+        self.planner = PatchPlanner(dataset, [self.cache.sizes(i) for i in range(len(self.cache))])
         if log is not None:
             kind = "float32 (16-bit or float files)" if self.cache.is_float else "uint8"
             log.info(f"{name}: cache: {mode}: {what} decoded once, {format_bytes(self.cache.nbytes)} as {kind} in "
@@ -62,14 +64,10 @@ class CachedBatches:
 
     # ------------------------------------------------------------------ batches
 
-    def planner(self) -> PatchPlanner:
-        """The sampler items' plans, as a dataset for a data worker (see :class:`PatchPlanner`)."""
-        return PatchPlanner(self.dataset, [self.cache.sizes(i) for i in range(len(self.cache))])
-
     def make(self, items: Iterable[tuple[int, int, dict[str, Any]]]) -> dict[str, Any]:
         """The batch of ``(index, sample_seed, knobs)`` items, planned here (outside the stream:
         the VRAM probe's batches)."""
-        return self.make_planned(*collate_plans([self.planner()[item] for item in items]))
+        return self.make_planned(*collate_plans([self.planner[item] for item in items]))
 
     def make_planned(self, plans: list[PatchPlan], knobs: dict[str, Any]) -> dict[str, Any]:
         """The batch of ``plans`` (drawn with ``knobs``), on the device, float, as
