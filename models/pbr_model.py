@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from data.pbr_multiview_dataset import MAP_SLICES, VIEW_CHANNELS
 from models.base_model import quantize
 from models.srgan_model import SRGANModel
-from utils.options import GAN, NETWORK, OPTIMIZER, SCHEDULER, Options
+from utils.options import GAN, NETWORK, OPTIMIZER, Options
 from utils.registry import MODEL_REGISTRY
 from utils.steps import Step
 
@@ -88,11 +88,10 @@ class PBRModel(SRGANModel):
     }
     train_option_fields: ClassVar[dict[str, tuple[Any, Any]]] = {
         "optim_d": (OPTIMIZER | None, Field(None, description="optimiser of network_d (required with it)")),
-        "scheduler_d": (SCHEDULER | None, Field(None, description="learning-rate scheduler of optim_d")),
+        "scheduler_d": SRGANModel.train_option_fields["scheduler_d"],
         "gan": (GAN | None, Field(None, description="the adversarial loss (gan_type hinge or vanilla = BCE) and "
                                   "its weight (required with network_d)")),
-        "grad_clip_d": (Annotated[float, Field(gt=0)] | None,
-                        Field(None, description="clip the discriminator's gradient norm to this value")),
+        "grad_clip_d": SRGANModel.train_option_fields["grad_clip_d"],
         "gan_start": (Step, Field(0, description="generator-only iterations before the adversarial phase")),
         "d_steps_per_g_step": (Annotated[int, Field(ge=1)],
                                Field(1, description="discriminator steps per generator step")),
