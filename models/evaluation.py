@@ -15,7 +15,11 @@ and ``--models``. A model's path may start with prefixes, as the original tool w
 ``ema:`` (the EMA weights), ``swa:`` (the SWA average), ``twopass:`` (an x2 model run twice for
 x4) and ``tta:`` (8-way test-time augmentation for this model alone); e.g.
 ``--models x2=ema:experiments/X/models/net_g_best.safetensors x4_2pass=twopass:ema:experiments/X/models``.
-``val.baselines: true`` (or ``--baselines``) adds nearest and bicubic upscaling to the table.
+``val.baselines: true`` (or ``--baselines``) adds the runner's references to the table (nearest and
+bicubic upscaling for SR).
+
+The file's ``model_type`` runs every sample (``run_sample``), so a runner of several outputs (PBR
+maps) is scored per output (``output:`` in a metric) exactly as its validation scores it.
 
 From Python: ``from models.evaluation import evaluate; evaluate("options/test/X.yml")``.
 """
@@ -53,7 +57,6 @@ COPY_RECORDED = {"ema": ("ema",), "swa": ("swa", "swa_final")}
 SWA_FILE = "net_g_swa_final.safetensors"  # written by the SWA automation at the end of training
 BEST_FILE = "net_g_best.safetensors"
 _EMA_FILE = re.compile(r"^net_g_ema_(\d+)\.safetensors$")
-BASELINES = ("nearest", "bicubic")
 
 
 @dataclass(frozen=True)
@@ -150,12 +153,7 @@ def check_test_options(opt: Options, specs: Sequence[ModelSpec] = ()) -> list[tu
     problems = []
     from utils.registry import MODEL_REGISTRY
 
-    outputs = getattr(MODEL_REGISTRY.get(opt.model_type), "outputs", ("sr",))
-    if tuple(outputs) != ("sr",):
-        problems.append(("model_type", f"{opt.model_type} has the outputs {', '.join(outputs)}; test.py scores "
-                         "one image output (sr). Score them with train.py's validation (val.metrics with output:, "
-                         "val.baselines), or write them with the runner's inference script (PBRModel: "
-                         "scripts/pbr_infer.py)"))
+    runner_cls = MODEL_REGISTRY.get(opt.model_type)
     if not opt.path.pretrain_network_g and not specs:
         problems.append(("path.pretrain_network_g", "a test file needs weights to evaluate (or a models: list, "
                                                     "or --models)"))
@@ -164,12 +162,14 @@ def check_test_options(opt: Options, specs: Sequence[ModelSpec] = ()) -> list[tu
     named = ([(opt.network_g["type"], "path.pretrain_network_g")] if opt.path.pretrain_network_g else [])
     named += [(s.name, s.where) for s in specs]
     if opt.val is not None and opt.val.baselines:
-        named += [(b, "val.baselines") for b in BASELINES]
+        named += [(b, "val.baselines") for b in runner_cls.baseline_names]
     for i, (name, where) in enumerate(named):
         if name in [n for n, _ in named[:i]]:
             problems.append(("models", f"two models are named '{name}' ({where}); give each model its own name"))
         if name in (".", "..") or any(c in name for c in "/\\"):
             problems.append(("models", f"{where}: the name '{name}' names a folder; use no / or \\"))
+    if not runner_cls.supports_tta:
+        problems += [(s.where, f"tta: {opt.model_type}'s outputs cannot be scored with TTA") for s in specs if s.tta]
     if opt.val is None or not opt.val.metrics:
         problems.append(("val.metrics", "name at least one metric, e.g. psnr: {type: calculate_psnr}"))
     return problems
@@ -356,70 +356,51 @@ def load_model(spec: ModelSpec, opt: Options, device: torch.device, log: Any) ->
 
 @dataclass
 class Candidate:
-    """A model of the table: ``run`` maps a float NCHW LR batch to the float32 SR batch, the whole
-    inference included (tiles, TTA, both passes of a two-pass model)."""
+    """A model of the table: ``net`` (a module, or a plain function for a baseline) runs through
+    the runner's :meth:`~models.validation.ValidationMixin.run_sample` at ``scale`` with or without
+    8-way TTA, chosen per model rather than for the whole file."""
 
     name: str
-    run: Callable[[Tensor], Tensor]
+    net: nn.Module | Callable[[Tensor], Tensor]
+    scale: int | None
+    tta: bool
     where: str
 
 
-def inference_fn(runner: Any, net: nn.Module | Callable[[Tensor], Tensor], scale: int,
-                 tta: bool) -> Callable[[Tensor], Tensor]:
-    """``net`` as the runner validates it (:meth:`~models.validation.ValidationMixin.inference`: its
-    autocast and memory format, ``val.tile`` tiles), at ``scale`` and with or without 8-way TTA,
-    chosen per model rather than for the whole file."""
-    return lambda x: runner.inference(x, net, scale=scale, tta=tta)
+class TwoPass(nn.Module):
+    """An x2 network run twice for x4: ``net(net(x))``, the first output neither clamped nor
+    rounded; a module so the runner's eval mode, autocast and tiles apply to it as to any network."""
 
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
 
-def two_pass(one: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``one`` applied twice: an x2 inference run again on its own float output (not clamped or
-    rounded in between), i.e. ``model(model(lq))`` for x4."""
-    return lambda x: one(one(x))
-
-
-def baseline_fns(scale: int) -> dict[str, Callable[[Tensor], Tensor]]:
-    """Nearest-neighbour and MATLAB-bicubic upscaling, the reference rows of the table."""
-    from data.imresize import imresize_tensor
-
-    return {"nearest": lambda x: F.interpolate(x.float(), scale_factor=scale, mode="nearest"),
-            "bicubic": lambda x: imresize_tensor(x.float(), scale)}
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.net(x))
 
 
 def build_candidates(opt: Options, specs: Sequence[ModelSpec], runner: Any, device: torch.device,
                      log: Any) -> list[Candidate]:
     """Every model of the run, loaded and checked against the sets' scales before anything runs:
-    the baselines, ``path.pretrain_network_g``, then ``specs``."""
+    ``path.pretrain_network_g``, then ``specs`` (the baselines are made per set, see :func:`evaluate`)."""
     scales = _set_scales(opt)
     global_tta = bool(opt.val.tta)
     out: list[Candidate] = []
-    if opt.val.baselines:
-        for name, fn in baseline_fns(opt.scale).items():
-            out.append(Candidate(name, fn, "val.baselines"))
     if opt.path.pretrain_network_g:
         spec = ModelSpec(name=opt.network_g["type"], path=opt.path.pretrain_network_g,
                          where="path.pretrain_network_g")
         check_scale(spec, opt.network_g.get("scale"), scales)
-        out.append(Candidate(spec.name, inference_fn(runner, runner.net_g, opt.scale, global_tta), spec.where))
+        out.append(Candidate(spec.name, runner.net_g, opt.scale, global_tta, spec.where))
     for spec in specs:
         net, scale = load_model(spec, opt, device, log)
         net = net.to(memory_format=runner.memory_format)
         check_scale(spec, scale, scales)
         tta = global_tta if spec.tta is None else spec.tta
         if spec.twopass:
-            run = two_pass(inference_fn(runner, net, 2, tta))
+            out.append(Candidate(spec.name, TwoPass(net), 4, tta, spec.where))
         else:
-            run = inference_fn(runner, net, scale or opt.scale, tta)
-        out.append(Candidate(spec.name, run, spec.where))
+            out.append(Candidate(spec.name, net, scale or opt.scale, tta, spec.where))
     return out
-
-
-def quantize_output(sr: Tensor) -> Tensor:
-    """Images (1 or 3 channels) are scored as the 8-bit PNG they are saved as; other band counts
-    are saved as float .npy and scored unrounded (as the runner validates)."""
-    from models.base_model import quantize
-
-    return quantize(sr) if sr.shape[1] in (1, 3) else sr.clamp(0, 1)
 
 
 # ------------------------------------------------------------------------------ strips
@@ -488,16 +469,19 @@ class SetScores:
     skipped: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-def _score(sr: Tensor, gt: Tensor, metrics: dict[str, dict[str, Any]], stem: str, scores: SetScores) -> dict:
-    """One image's metrics; a metric the image is too small for gives None and is recorded."""
+def _score(outputs: dict[str, Tensor], targets: dict[str, Tensor], metrics: dict[str, dict[str, Any]],
+           first: str, stem: str, scores: SetScores) -> dict:
+    """One sample's metrics, each on its ``output`` (default ``first``); a metric the image is too
+    small for gives None and is recorded."""
     from utils.metrics.psnr_ssim import ImageTooSmallError
     from utils.registry import METRIC_REGISTRY
 
     row: dict[str, Any] = {"name": stem}
     for name, mopt in metrics.items():
-        _, kwargs = head_and_kwargs(mopt, MetricEntry)
+        head, kwargs = head_and_kwargs(mopt, MetricEntry)
+        out = head.get("output") or first
         try:
-            row[name] = float(METRIC_REGISTRY.get(mopt["type"])(sr, gt, **kwargs)[0])
+            row[name] = float(METRIC_REGISTRY.get(mopt["type"])(outputs[out], targets[out], **kwargs)[0])
         except ImageTooSmallError as err:
             row[name] = None
             scores.skipped[(stem, name)] = str(err)
@@ -506,27 +490,36 @@ def _score(sr: Tensor, gt: Tensor, metrics: dict[str, dict[str, Any]], stem: str
 
 def evaluate_set(ds_name: str, loader: Any, candidates: Sequence[Candidate], metrics: dict[str, dict[str, Any]],
                  runner: Any, out_dir: Path, save_img: bool, strips: int, labels: bool) -> SetScores:
-    """Every candidate on every image of one set (images outside, models inside, so a strip has
-    all the models' outputs of its image at hand)."""
+    """Every candidate on every sample of one set (samples outside, models inside, so a strip has
+    all the models' outputs of its image at hand). A one-output runner (SR) gets LR | models | HR
+    strips; a runner of several outputs (PBR maps) its validation panel per model instead."""
+    from data.image_io import tensor2img, write_image
+
     scores = SetScores(rows={c.name: [] for c in candidates})
-    device = runner.device
+    first = runner.outputs[0]
+    one_image = len(runner.outputs) == 1
     for index, sample in enumerate(loader):
         stem = Path(sample.get("lq_path", sample.get("gt_path", [f"{index:05d}"]))[0]).stem
-        lq, gt = sample["lq"].to(device), sample["gt"].to(device)
         shown: list[tuple[str, Tensor]] = []
         for cand in candidates:
-            sr = cand.run(lq)
-            if sr.shape[-2:] != gt.shape[-2:]:
-                raise ValueError(f"{cand.where}: model '{cand.name}' turns the {lq.shape[-2]}x{lq.shape[-1]} LR of "
-                                 f"'{stem}' ({ds_name}) into {sr.shape[-2]}x{sr.shape[-1]}, but its HR is "
-                                 f"{gt.shape[-2]}x{gt.shape[-1]}: the model's scale is not the set's")
-            sr = quantize_output(sr)
-            scores.rows[cand.name].append(_score(sr, gt, metrics, stem, scores))
+            outputs, targets = runner.run_sample(sample, cand.net, scale=cand.scale, tta=cand.tta)
+            got, want = outputs[first].shape[-2:], targets[first].shape[-2:]
+            if got != want:
+                lq = sample["lq"].shape[-2:]
+                raise ValueError(f"{cand.where}: model '{cand.name}' turns the {lq[0]}x{lq[1]} input of '{stem}' "
+                                 f"({ds_name}) into {got[0]}x{got[1]}, but its reference is {want[0]}x{want[1]}: "
+                                 "the model's scale is not the set's")
+            scores.rows[cand.name].append(_score(outputs, targets, metrics, first, stem, scores))
             if save_img:
-                runner.save_outputs({"sr": sr}, out_dir / cand.name / ds_name, stem)
-            if index < strips:
-                shown.append((cand.name, sr))
-        if index < strips and dist.is_main():
+                runner.save_outputs(outputs, out_dir / cand.name / ds_name, stem)
+            if index < strips and dist.is_main():
+                if one_image:
+                    shown.append((cand.name, outputs[first]))
+                else:
+                    panel = runner.panel(sample, outputs, targets)
+                    write_image(out_dir / "strips" / ds_name / f"{stem}_{cand.name}.png", tensor2img(panel))
+        if shown:
+            lq, gt = sample["lq"].to(runner.device), sample["gt"].to(runner.device)
             save_strip(out_dir / "strips" / ds_name / f"{stem}.png", make_strip(lq, shown, gt, labels))
     return scores
 
@@ -602,7 +595,7 @@ def evaluate(
     that metric, and the mean leaves it out.
     """
     from data.data_loader import build_val_loader
-    from models.sr_model import SRModel
+    from utils.registry import MODEL_REGISTRY
 
     opt = load_options(opt_path, overrides)
     strips = int(getattr(opt.val, "strips", 0) or 0) if strips is None else strips
@@ -619,15 +612,19 @@ def evaluate(
     device = select_device(opt.device)
     out = Path(out_dir) if out_dir is not None else Path(opt.path.results_root) / opt.name
     log = setup_logger(out / "test.log")
-    runner = SRModel(opt, device)
+    runner = MODEL_REGISTRY.get(opt.model_type)(opt, device)
     candidates = build_candidates(opt, specs, runner, device, log)
     loaders = {ds_opt.get("name") or key: build_val_loader(ds_opt)
                for key, ds_opt in opt.datasets.items() if key != "train"}
 
-    results: dict[str, Any] = {c.name: {} for c in candidates}
+    baseline_names = list(runner.baseline_names) if opt.val.baselines else []
+    results: dict[str, Any] = {name: {} for name in baseline_names + [c.name for c in candidates]}
     with torch.no_grad():
         for ds_name, loader in loaders.items():
-            scores = evaluate_set(ds_name, loader, candidates, metrics, runner, out, opt.val.save_img, strips, labels)
+            baselines = [Candidate(name, fn, None, False, "val.baselines")
+                         for name, fn in runner.baseline_methods(loader).items()] if baseline_names else []
+            scores = evaluate_set(ds_name, loader, baselines + candidates, metrics, runner, out, opt.val.save_img,
+                                  strips, labels)
             _report_skipped(ds_name, scores, log)
             for model, per_metric in summarise(scores, list(metrics)).items():
                 results[model][ds_name] = per_metric
@@ -636,9 +633,9 @@ def evaluate(
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
-        from rich.console import Console
+        from utils.logger import print_table
 
-        Console(stderr=False).print(results_table(opt.name, results, list(metrics)))
+        print_table(results_table(opt.name, results, list(metrics)))
         log.info(f"results in {out}")
     return results
 
@@ -725,7 +722,7 @@ def check(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), mod
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate super-resolution models from an option file.")
+    parser = argparse.ArgumentParser(description="Evaluate trained models (SR, PBR maps) from an option file.")
     parser.add_argument("-opt", "--opt", required=True, help="path to the test option YAML file")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override an option (repeatable)")
@@ -735,7 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "a path may be a training run's folder")
     parser.add_argument("--tta", action="store_true", help="8-way TTA for every model (val.tta=true)")
     parser.add_argument("--baselines", action="store_true",
-                        help="add nearest and bicubic upscaling to the table (val.baselines=true)")
+                        help="add the runner's references to the table, e.g. nearest and bicubic for SR "
+                             "(val.baselines=true)")
     parser.add_argument("--strips", "--dump", type=int, default=None, metavar="K",
                         help="save LR | models | HR strips of the first K images of each set under strips/")
     parser.add_argument("--no-labels", action="store_true", help="strips without the band of model names")

@@ -10,6 +10,7 @@ see one layout. Everything else is ``SRGANModel``'s step, with the discriminator
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -56,6 +57,11 @@ def split_maps(stacked: Tensor) -> dict[str, Tensor]:
     return {name: stacked[:, where] for name, where in MAP_SLICES.items()}
 
 
+def named_outputs(stacked: Tensor) -> dict[str, Tensor]:
+    """The runner's outputs: each map by name, and ``maps`` (all 8 channels) for overall scores."""
+    return {**split_maps(stacked), "maps": stacked}
+
+
 def _rgb(x: Tensor) -> Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
@@ -74,12 +80,15 @@ class PBRModel(SRGANModel):
     Losses may ask for ``albedo``, ``roughness``, ``metallic``, ``normal`` (the prediction,
     normal encoded), ``<map>_gt`` and ``views``; e.g. the seed's per-map weighted L1 is one
     ``L1Loss`` entry per map with ``inputs: [albedo, albedo_gt]``. Validation outputs are the four
-    maps (metrics choose one with ``output:``). The adversarial phase starts after ``gan_start``
+    maps, and ``maps`` (all 8 channels, for overall scores);
+    metrics choose one with ``output:``. The adversarial phase starts after ``gan_start``
     iterations, with ``d_steps_per_g_step`` discriminator steps per generator step.
     """
 
     loss_tensors: ClassVar[frozenset[str]] = frozenset({*MAPS, *(f"{m}_gt" for m in MAPS), "views"})
-    outputs: ClassVar[tuple[str, ...]] = MAPS
+    outputs: ClassVar[tuple[str, ...]] = (*MAPS, "maps")
+    baseline_names: ClassVar[tuple[str, ...]] = ("mean maps", "view 0 + flat normal")
+    supports_tta: ClassVar[bool] = False  # flipping the views does not flip the normals they imply
     loss_log_names: ClassVar[tuple[str, str]] = ("losses", "losses/total")
     option_fields: ClassVar[dict[str, tuple[Any, Any]]] = {
         "network_d": (NETWORK | None, Field(None, description="the discriminator over the stacked maps "
@@ -109,7 +118,7 @@ class PBRModel(SRGANModel):
             problems.append(("train.gan", "an adversarial loss needs network_d (the discriminator)"))
         if opt.val is not None and opt.val.tta:
             problems.append(("val.tta", "flipping the views does not flip the normals they imply: PBRModel "
-                             "validates without TTA"))
+                             "is scored without TTA"))
         return problems
 
     def gan_schedule(self) -> tuple[int, int, int]:
@@ -125,18 +134,20 @@ class PBRModel(SRGANModel):
 
     # --------------------------------------------------------------- validation
 
-    def run_sample(self, sample: dict[str, Any], net: Any = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def run_sample(self, sample: dict[str, Any], net: Any = None, *, scale: int | None = None,
+                   tta: bool | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         net = self.eval_net() if net is None else net
         if isinstance(net, nn.Module):
             net = StackedMaps(net)
-        stacked = quantize(self.inference(sample["lq"].to(self.device), net))  # scored as the saved PNGs
-        return split_maps(stacked), split_maps(sample["gt"].to(self.device))
+        stacked = quantize(self.inference(sample["lq"].to(self.device), net, scale=scale, tta=tta))  # as saved
+        return named_outputs(stacked), named_outputs(sample["gt"].to(self.device))
 
     def save_outputs(self, outputs: dict[str, Tensor], folder: Path, stem: str) -> None:
         """``<stem>_<map>.png`` for the four maps (roughness and metallic gray, normal encoded)."""
         from data.image_io import tensor2img, write_image
 
-        for name, value in outputs.items():
+        for name in MAPS:
+            value = outputs[name]
             write_image(folder / f"{stem}_{name}.png", tensor2img(value[0]))
 
     def panel(self, sample: dict[str, Any], outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
@@ -157,22 +168,20 @@ class PBRModel(SRGANModel):
         rows = [row + [blank] * (width - len(row)) for row in rows]
         return torch.cat([torch.cat(row, dim=-1) for row in rows], dim=-2)[0].clamp(0, 1)
 
-    def baselines(self, loaders: dict[str, Any]) -> dict[str, dict[str, float]]:
-        """The trivial references (``val.baselines``): every map the set's mean (``mean maps``),
-        and the first view as albedo with a flat normal and the mean roughness and metallic
-        (``view 0 + flat normal``)."""
-        out = {}
-        for name, loader in loaders.items():
-            total, count = None, 0
-            for sample in loader:
-                gt = sample["gt"].to(self.device, torch.float64)
-                total = gt.sum(dim=(0, 2, 3)) if total is None else total + gt.sum(dim=(0, 2, 3))
-                count += gt.shape[0] * gt.shape[2] * gt.shape[3]
-            mean = (total / max(count, 1)).float().view(1, -1, 1, 1)
-            for label, fn in (("mean maps", constant_maps), ("view 0 + flat normal", first_view_flat_normal)):
-                predict = functools.partial(fn, mean=mean, scale=self.opt.scale)
-                out[f"{name} ({label})"] = self.validate(loader, name, 0, net=predict)[0]
-        return out
+    def baseline_methods(self, loader: Any) -> dict[str, Callable[[Tensor], Tensor]]:
+        """The trivial references: every map the set's mean (``mean maps``), and the first view
+        as albedo with a flat normal and the mean roughness and metallic (``view 0 + flat normal``).
+        The mean is the scored set's own, which flatters the baseline."""
+        total, count = None, 0
+        for sample in loader:
+            gt = sample["gt"].to(self.device, torch.float64)
+            total = gt.sum(dim=(0, 2, 3)) if total is None else total + gt.sum(dim=(0, 2, 3))
+            count += gt.shape[0] * gt.shape[2] * gt.shape[3]
+        if total is None:
+            raise ValueError("val.baselines: the set has no samples to take the mean maps from")
+        mean = (total / count).float().view(1, -1, 1, 1)
+        return {label: functools.partial(fn, mean=mean, scale=self.opt.scale)
+                for label, fn in zip(self.baseline_names, (constant_maps, first_view_flat_normal), strict=True)}
 
 
 def constant_maps(lq: Tensor, mean: Tensor, scale: int) -> Tensor:

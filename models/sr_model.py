@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +29,7 @@ class SRModel(BaseModel):
 
     loss_tensors: ClassVar[frozenset[str]] = frozenset({"sr", "gt", "lq"})
     outputs: ClassVar[tuple[str, ...]] = ("sr",)
+    baseline_names: ClassVar[tuple[str, ...]] = ("nearest", "bicubic")
     #: where the loss terms and their weighted total are logged
     loss_log_names: ClassVar[tuple[str, str]] = ("losses", "losses/total")
 
@@ -102,9 +104,9 @@ class SRModel(BaseModel):
 
     # --------------------------------------------------------------- validation
 
-    def run_sample(self, sample: dict[str, Any], net: Any = None) -> tuple[dict[str, torch.Tensor],
-                                                                           dict[str, torch.Tensor]]:
-        sr = self.inference(sample["lq"].to(self.device), net)
+    def run_sample(self, sample: dict[str, Any], net: Any = None, *, scale: int | None = None,
+                   tta: bool | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        sr = self.inference(sample["lq"].to(self.device), net, scale=scale, tta=tta)
         # Images (1 or 3 channels) are scored as the 8-bit PNG they are saved as; other band
         # counts are saved as float .npy, so they are scored unrounded.
         sr = quantize(sr) if sr.shape[1] in (1, 3) else sr.clamp(0, 1)
@@ -129,15 +131,10 @@ class SRModel(BaseModel):
         panel = torch.cat([up.clamp(0, 1), sr, gt], dim=-1)
         return panel[:3] if panel.shape[0] > 3 else panel  # N-band data: the first three bands
 
-    def baselines(self, loaders: dict[str, Any]) -> dict[str, dict[str, float]]:
+    def baseline_methods(self, loader: Any) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """Nearest and MATLAB-bicubic upscaling of the LR images, scored like the model."""
         from data.imresize import imresize_tensor
 
         scale = self.opt.scale
-        methods = {"nearest": lambda x: F.interpolate(x, scale_factor=scale, mode="nearest"),
-                   "bicubic": lambda x: imresize_tensor(x, scale)}
-        out = {}
-        for name, loader in loaders.items():
-            for label, fn in methods.items():
-                out[f"{name} ({label})"] = self.validate(loader, name, 0, net=fn)[0]
-        return out
+        return {"nearest": lambda x: F.interpolate(x.float(), scale_factor=scale, mode="nearest"),
+                "bicubic": lambda x: imresize_tensor(x.float(), scale)}

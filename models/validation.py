@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -18,7 +19,14 @@ from utils.tta import tta_forward
 
 class ValidationMixin:
     """The validation half of :class:`~models.base_model.BaseModel`; a runner implements
-    ``run_sample``, ``save_outputs`` and ``panel`` and lists its ``outputs``."""
+    ``run_sample``, ``save_outputs`` and ``panel`` and lists its ``outputs``; ``baseline_methods``
+    gives the simple references ``val.baselines`` scores beside the network (train.py and test.py)."""
+
+    #: the names :meth:`baseline_methods` returns, known before any data is read (test.py checks
+    #: that no model takes one of them)
+    baseline_names: ClassVar[tuple[str, ...]] = ()
+    #: whether 8-way flip/rotation TTA is valid for the runner's outputs
+    supports_tta: ClassVar[bool] = True
 
     # --------------------------------------------------------------- inference
 
@@ -58,9 +66,11 @@ class ValidationMixin:
 
     # --------------------------------------------------------------- validation
 
-    def run_sample(self, sample: dict[str, Any], net: Any = None) -> tuple[dict[str, torch.Tensor],
-                                                                           dict[str, torch.Tensor]]:
-        """Run one validation sample: ``(outputs, targets)``, both keyed by output name."""
+    def run_sample(self, sample: dict[str, Any], net: Any = None, *, scale: int | None = None,
+                   tta: bool | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Run one sample: ``(outputs, targets)``, both keyed by output name, the outputs as they
+        are scored (as saved). ``net``: a module or a plain function of the input batch (default
+        :meth:`eval_net`); ``scale`` and ``tta`` as :meth:`inference` takes them."""
         raise NotImplementedError
 
     def save_outputs(self, outputs: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
@@ -72,9 +82,19 @@ class ValidationMixin:
         """A CHW image for TensorBoard showing input, outputs and targets side by side."""
         raise NotImplementedError
 
-    def baselines(self, loaders: dict[str, Any]) -> dict[str, dict[str, float]]:
-        """Scores of simple reference methods (``val.baselines``); none by default."""
+    def baseline_methods(self, loader: Any) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """The reference methods of one set, by the names in :attr:`baseline_names`: functions of
+        an input batch that :meth:`run_sample` runs in place of a network (``loader`` for methods
+        that need the set, e.g. its mean)."""
         return {}
+
+    def baselines(self, loaders: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Scores of the reference methods on each set (``val.baselines``): ``{"<set> (<method>)": means}``."""
+        out = {}
+        for name, loader in loaders.items():
+            for label, fn in self.baseline_methods(loader).items():
+                out[f"{name} ({label})"] = self.validate(loader, name, 0, net=fn)[0]
+        return out
 
     @torch.no_grad()
     def validate(

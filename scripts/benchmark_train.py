@@ -108,7 +108,9 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "arch": opt.network_g["type"],
         "batch_size": stream.knob("batch_size", warmup + iters),
-        "gt_size": stream.knob("gt_size", warmup + iters),
+        # the patch size: a live knob of the SR sets; a fixed size (PBR views: image_size) otherwise
+        "gt_size": (stream.knob("gt_size", warmup + iters) if "gt_size" in stream.knob_names()
+                    else train_ds.get("gt_size", train_ds.get("image_size"))),
         "cache": train_ds.get("cache"),
         "workers": stream.loader.num_workers,
         "amp": opt.amp,

@@ -261,3 +261,18 @@ def test_missing_weights_file_is_a_clean_error(env, tmp_path):
     opt = write_opt(env, tmp_path / "models" / "test.yml", datasets=("synth",))
     with pytest.raises(FileNotFoundError, match="weights file not found.*no_such_file"):
         evaluate(opt, [f"models[0].path={tmp_path / 'no_such_file.safetensors'}"])
+
+
+def test_tables_print_in_full_when_stdout_is_not_a_terminal(capsys):
+    from rich.table import Table
+
+    from utils.logger import print_table
+
+    table = Table(title="wide")
+    names = [f"a_rather_long_metric_name_{i}" for i in range(12)]  # ~370 columns: far beyond 80
+    for name in names:
+        table.add_column(name)
+    table.add_row(*[f"{i}.1234" for i in range(12)])
+    print_table(table)
+    out = capsys.readouterr().out
+    assert "…" not in out and all(name in out for name in names) and "11.1234" in out

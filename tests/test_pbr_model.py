@@ -158,13 +158,81 @@ def test_pbr_infer_bad_input_is_named(rendered, trained, tmp_path, small_edsr):
     assert not (tmp_path / "c").exists()
 
 
-def test_test_py_names_what_it_cannot_score(rendered, trained, tmp_path):
+TEST_FILE = ROOT / "options" / "test" / "PBR" / "test_pbr.yml"
+
+
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round() / 255  # a map as its 8-bit PNG holds it
+
+
+def _by_hand(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+    """One sample's scores from (8, H, W) stacked maps: PSNR and MAE per map and overall, the
+    mean and median normal angle in degrees."""
+    out = {}
+    for name, where in {**MAP_SLICES, "maps": slice(0, 8)}.items():
+        p, g = pred[where].double(), gt[where].double()
+        out[f"psnr_{name}"] = float(10 * torch.log10(1 / ((p - g) ** 2).mean()))
+        out[f"mae_{name}"] = float((p - g).abs().mean())
+    a, b = 2 * pred[5:8].double() - 1, 2 * gt[5:8].double() - 1
+    cos = (a / a.norm(dim=0) * b / b.norm(dim=0)).sum(dim=0).clamp(-1, 1)
+    angles = torch.rad2deg(torch.acos(cos)).flatten()
+    out["normal_angle"], out["normal_angle_median"] = float(angles.mean()), float(angles.median())
+    return out
+
+
+def test_test_py_scores_each_map_and_the_baselines(rendered, trained, tmp_path):
+    from data.pbr_multiview_dataset import PBRMultiViewDataset
     from models.evaluation import evaluate
 
     weights = trained / "models" / "net_g_best.safetensors"
-    args = [*_overrides(rendered, tmp_path)[:8], f"path.pretrain_network_g={weights}"]
-    with pytest.raises(OptionsError, match="PBRModel has the outputs albedo, roughness, .*; test.py scores one"):
-        evaluate(PRESET, args)
+    ds_opts = {"dataroot_input": str(rendered / "input"), "dataroot_output": str(rendered / "output"),
+               "image_size": 32, "split": {"part": "val", "ratios": [0.6, 0.4, 0], "seed": 42}}
+    args = [f"datasets.test_1.{k}={v}" for k, v in ds_opts.items() if k != "split"]
+    args += ["datasets.test_1.split.ratios=[0.6,0.4,0]", "models=[]", "val.save_img=true"]
+    results = evaluate(TEST_FILE, args, models=[f"tiny={weights}"], strips=1, out_dir=tmp_path / "out")
+    assert list(results) == ["mean maps", "view 0 + flat normal", "tiny"]
+
+    dataset = PBRMultiViewDataset(phase="val", **ds_opts)
+    samples = [dataset[i] for i in range(len(dataset))]
+    net = pbr_infer.load_map_network(weights)
+    mean = torch.stack([s["gt"] for s in samples]).double().mean(dim=(0, 2, 3)).float().view(1, 8, 1, 1)
+    for sample in samples:
+        stem = Path(sample["lq_path"]).name
+        lq, gt = sample["lq"][None], sample["gt"]
+        with torch.no_grad():
+            predictions = {"tiny": stack_maps(net(lq))[0], "mean maps": constant_maps(lq, mean, 1)[0],
+                           "view 0 + flat normal": first_view_flat_normal(lq, mean, 1)[0]}
+        for model, pred in predictions.items():
+            want = _by_hand(_u8(pred), gt)
+            got = {k: results[model]["pbr_val"][k]["per_image"][stem] for k in want}
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-5), (model, stem)
+    # the flat-normal baseline: its normal angle is the reference normals' mean tilt from (0, 0, 1)
+    tilt = [float(torch.rad2deg(torch.acos((2 * s["gt"][7] - 1) / (2 * s["gt"][5:8] - 1).norm(dim=0))).mean())
+            for s in samples]
+    assert results["view 0 + flat normal"]["pbr_val"]["normal_angle"]["mean"] == pytest.approx(
+        sum(tilt) / len(tilt), abs=0.2)  # 8-bit rounding of the reference normals
+    stem = Path(samples[0]["lq_path"]).name
+    saved = read_image(tmp_path / "out" / "tiny" / "pbr_val" / f"{stem}_roughness.png", keep_channels=True)
+    with torch.no_grad():
+        roughness = _u8(stack_maps(net(samples[0]["lq"][None]))[0, 3])
+    assert np.allclose(saved[:, :, 0], roughness.numpy(), atol=1 / 255 + 1e-6)
+    strips = sorted(p.name for p in (tmp_path / "out" / "strips" / "pbr_val").iterdir())
+    first = sorted(Path(s["lq_path"]).name for s in samples)[0]  # the loader's first sample
+    assert strips == sorted(f"{first}_{m}.png" for m in results)  # one validation panel per model
+    panel = read_image(tmp_path / "out" / "strips" / "pbr_val" / f"{first}_tiny.png")
+    assert panel.shape == (4 * 32, 4 * 32, 3)  # views; predicted, reference and error maps
+
+
+def test_test_py_refuses_what_pbr_maps_cannot_do(rendered, trained, tmp_path):
+    from models.evaluation import evaluate
+
+    weights = trained / "models" / "net_g_best.safetensors"
+    with pytest.raises(OptionsError, match="tta: PBRModel's outputs cannot be scored with TTA"):
+        evaluate(TEST_FILE, ["models=[]"], models=[f"tiny=tta:{weights}"])
+    with pytest.raises(OptionsError, match="val.tta.*flipping the views"):
+        evaluate(TEST_FILE, ["models=[]", "val.tta=true"], models=[f"tiny={weights}"])
+    with pytest.raises(OptionsError, match="two models are named 'mean maps'"):
+        evaluate(TEST_FILE, ["models=[]"], models=[f"mean maps={weights}"])
 
 
 def test_tensorboard_panel_rows(rendered, tmp_path):
@@ -183,3 +251,12 @@ def test_tensorboard_panel_rows(rendered, tmp_path):
     assert torch.equal(heat[:, :, 0:4], torch.zeros(3, 4, 4))  # albedo: no error, black
     expected = torch.tensor([1.0, 0.8, 0.0]).view(3, 1, 1).expand(3, 4, 4)  # roughness: red 1, green 0.8, blue 0
     assert torch.allclose(heat[:, :, 4:8], expected, atol=1e-5)
+
+
+def test_benchmark_train_records_the_fixed_view_size(rendered, tmp_path):
+    from scripts.benchmark_train import benchmark
+
+    results = benchmark(str(PRESET), _overrides(rendered, tmp_path), iters=2, warmup=1, modes=("full", "step"))
+    # PBR views have no live patch-size knob: the record carries image_size instead
+    assert [(r["mode"], r["batch_size"], r["gt_size"], r["arch"]) for r in results] == [
+        ("full", 2, 32, "PBRFusionNet"), ("step", 2, 32, "PBRFusionNet")]

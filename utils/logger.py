@@ -237,5 +237,14 @@ def metrics_table(title: str, results: dict[str, dict[str, float]]) -> Table:
     return table
 
 
+#: the width tables are laid out at when stdout is a file or a pipe (rich would assume 80 columns
+#: and squeeze a wide table into "…" cells, as in a log captured on a GPU machine)
+UNBOUNDED_WIDTH = 1000
+
+
 def print_table(table: Table) -> None:
-    Console(stderr=False).print(table)
+    """Print ``table`` to stdout; in full when stdout is not a terminal (e.g. redirected to a log)."""
+    console = Console(stderr=False)
+    if not console.is_terminal:
+        console = Console(stderr=False, width=UNBOUNDED_WIDTH)
+    console.print(table)

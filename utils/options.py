@@ -370,7 +370,8 @@ class ValOptions(_Section):
                               "tile edge (neighbouring tiles also cross-fade over a band half as wide)")
     tile_batch: int = Field(1, ge=1, description="tiles stacked into one forward pass (more is faster on a GPU, "
                             "uses more memory)")
-    baselines: bool = Field(False, description="also score nearest and bicubic upscaling of the validation sets")
+    baselines: bool = Field(False, description="also score the runner's reference methods (SR: nearest and bicubic "
+                            "upscaling; PBR: the mean maps, and view 0 with a flat normal)")
     strips: int = Field(0, ge=0, description="test.py: save LR | each model | HR strips of the first K images of each "
                         "test set")
 
