@@ -393,6 +393,9 @@ def build_candidates(opt: Options, specs: Sequence[ModelSpec], runner: Any, devi
         out.append(Candidate(spec.name, runner.net_g, opt.scale, global_tta, spec.where))
     for spec in specs:
         net, scale = load_model(spec, opt, device, log)
+        problem = runner.network_problem(net)
+        if problem:
+            raise ValueError(f"{spec.where}: {spec.path}: {problem}")
         net = net.to(memory_format=runner.memory_format)
         check_scale(spec, scale, scales)
         tta = global_tta if spec.tta is None else spec.tta

@@ -52,6 +52,14 @@ class StackedMaps(nn.Module):
         return stack_maps(self.net(x))
 
 
+def map_network_problem(net: nn.Module) -> str | None:
+    """Why ``net`` is not a multi-view map network (one that declares ``num_views``), or None."""
+    if hasattr(net, "num_views"):
+        return None
+    return (f"it holds a {type(net).__name__}, an image-to-image network; PBR maps need a multi-view map network "
+            "such as PBRFusionNet (weights from a PBRModel run)")
+
+
 def split_maps(stacked: Tensor) -> dict[str, Tensor]:
     """The maps of a stacked (N, 8, H, W) tensor by name."""
     return {name: stacked[:, where] for name, where in MAP_SLICES.items()}
@@ -141,6 +149,9 @@ class PBRModel(SRGANModel):
             net = StackedMaps(net)
         stacked = quantize(self.inference(sample["lq"].to(self.device), net, scale=scale, tta=tta))  # as saved
         return named_outputs(stacked), named_outputs(sample["gt"].to(self.device))
+
+    def network_problem(self, net: nn.Module) -> str | None:
+        return map_network_problem(net)
 
     def save_outputs(self, outputs: dict[str, Tensor], folder: Path, stem: str) -> None:
         """``<stem>_<map>.png`` for the four maps (roughness and metallic gray, normal encoded)."""

@@ -82,6 +82,11 @@ class ValidationMixin:
         """A CHW image for TensorBoard showing input, outputs and targets side by side."""
         raise NotImplementedError
 
+    def network_problem(self, net: nn.Module) -> str | None:
+        """Why ``net`` cannot produce this runner's outputs (test.py asks before scoring a loaded
+        model), or None; any image-to-image network suits the SR runners."""
+        return None
+
     def baseline_methods(self, loader: Any) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
         """The reference methods of one set, by the names in :attr:`baseline_names`: functions of
         an input batch that :meth:`run_sample` runs in place of a network (``loader`` for methods

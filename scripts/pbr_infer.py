@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from a clone
 
 from archs.pbr_fusion_arch import stack_views  # noqa: E402
 from data.image_io import read_image, tensor2img, write_image  # noqa: E402
-from models.pbr_model import StackedMaps, split_maps  # noqa: E402
+from models.pbr_model import StackedMaps, map_network_problem, split_maps  # noqa: E402
 from scripts.upscale import build_model  # noqa: E402
 from utils.device import select_device  # noqa: E402
 from utils.logger import get_logger, setup_logger  # noqa: E402
@@ -35,9 +35,9 @@ from utils.logger import get_logger, setup_logger  # noqa: E402
 def load_map_network(path: str | Path, param_key: str = "params_ema") -> torch.nn.Module:
     """The network of weight file ``path``, which must be a map network (it declares ``num_views``)."""
     net, _ = build_model(path, param_key=param_key)
-    if not hasattr(net, "num_views"):
-        raise ValueError(f"{path} holds a {type(net).__name__}, an image-to-image network; pbr_infer.py needs a "
-                         "multi-view map network such as PBRFusionNet (weights from a PBRModel run)")
+    problem = map_network_problem(net)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     return net
 
 

@@ -150,7 +150,7 @@ def test_pbr_infer_bad_input_is_named(rendered, trained, tmp_path, small_edsr):
     write_png(small, np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(ValueError, match="the views differ in size"):
         pbr_infer.read_views([views[0], views[1], small], 3)
-    with pytest.raises(ValueError, match="an image-to-image network; pbr_infer.py needs a multi-view map network"):
+    with pytest.raises(ValueError, match="holds a EDSR, an image-to-image network; PBR maps need a multi-view map"):
         pbr_infer.load_map_network(small_edsr[0])
     weights = trained / "models" / "net_g_best.safetensors"
     assert pbr_infer.main(["--model", str(weights), "--views", str(views[0]), str(views[1]), "-o",
@@ -233,6 +233,20 @@ def test_test_py_refuses_what_pbr_maps_cannot_do(rendered, trained, tmp_path):
         evaluate(TEST_FILE, ["models=[]", "val.tta=true"], models=[f"tiny={weights}"])
     with pytest.raises(OptionsError, match="two models are named 'mean maps'"):
         evaluate(TEST_FILE, ["models=[]"], models=[f"mean maps={weights}"])
+
+
+def test_test_py_refuses_an_image_network_for_maps(rendered, tmp_path):
+    from archs.rrdbnet_arch import RRDBNet
+    from models.evaluation import evaluate
+    from utils.weights import save_network
+
+    path = tmp_path / "rrdb_x1.safetensors"  # the PBR set's scale, so only the kind of network is wrong
+    save_network(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=1), path)
+    data = [f"datasets.test_1.dataroot_input={rendered / 'input'}",
+            f"datasets.test_1.dataroot_output={rendered / 'output'}", "datasets.test_1.image_size=32"]
+    with pytest.raises(ValueError, match=r"--models 'e=.*rrdb_x1.safetensors': .*: it holds a RRDBNet, an "
+                                         "image-to-image network; PBR maps need a multi-view map network"):
+        evaluate(TEST_FILE, ["models=[]", *data], models=[f"e={path}"], out_dir=tmp_path / "out")
 
 
 def test_tensorboard_panel_rows(rendered, tmp_path):
