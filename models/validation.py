@@ -55,8 +55,8 @@ class ValidationMixin:
         def tiled(x: torch.Tensor) -> torch.Tensor:
             return tile_forward(forward, x, scale, tile, overlap, batch) if tile > 0 else forward(x)
 
-        if not isinstance(net, nn.Module):  # a plain function, e.g. a bicubic baseline
-            return tta_forward(tiled, lq) if tta else tiled(lq)
+        if not isinstance(net, nn.Module):  # a plain function (a baseline): whole images, as tiles would only
+            return tta_forward(forward, lq) if tta else forward(lq)  # change its borders, never save memory
         was_training = net.training
         net.eval()
         try:

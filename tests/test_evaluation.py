@@ -276,3 +276,17 @@ def test_tables_print_in_full_when_stdout_is_not_a_terminal(capsys):
     print_table(table)
     out = capsys.readouterr().out
     assert "…" not in out and all(name in out for name in names) and "11.1234" in out
+
+
+def test_baselines_run_on_whole_images_even_with_tiles(env, tmp_path):
+    """A baseline is a plain function: tiles would only change its borders, so it never gets them."""
+    from data.imresize import imresize_tensor
+
+    tiled = evaluate(write_opt(env, tmp_path / "t" / "test.yml", datasets=("synth",), models=False,
+                               tile=7, tile_overlap=0, baselines=True))  # seams, were it tiled
+    for path in sorted(env["synth_lr"].iterdir()):
+        lq = torch.from_numpy(read_rgb_u8(path)).permute(2, 0, 1)[None].double() / 255
+        want = (imresize_tensor(lq, SCALE).clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy().astype(np.uint8)
+        got = read_rgb_u8(tmp_path / "t" / "results" / "eval_run" / "bicubic" / "Synth" / f"{path.stem}.png")
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, path.stem  # float32 vs float64 rounding
+        assert tiled["bicubic"]["Synth"]["psnr"]["per_image"][path.stem] is not None
