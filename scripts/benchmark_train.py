@@ -15,6 +15,8 @@ shows what is left to overlap.
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +40,31 @@ def _sync(device: torch.device) -> None:
 
 
 MODES = ("full", "step", "data")
+
+#: a step counts as a stall when it takes this many times the median step
+STALL_FACTOR = 3.0
+
+
+def step_time_summary(durations: list[float], first_step: int = 1, slowest: int = 5) -> dict:
+    """Per-step host times (seconds) as the median and 99th percentile in ms, the rate the median
+    implies (what train.py's median of logged intervals approaches when a few steps stall), the
+    share of the wall time spent in stalls beyond the median (steps over ``STALL_FACTOR`` x the
+    median), and the ``slowest`` steps as ``[step, ms]`` in time order (``first_step``: the number of
+    the first timed step in the run's count, warm-up and earlier modes included).
+
+    A step's host time is its wall time once the GPU queue is full (the host then waits for room),
+    so periodic stalls (epoch ends, garbage collection) show up here though the mean hides them."""
+    if not durations:
+        raise ValueError("no steps were timed")
+    ordered = sorted(durations)
+    median = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    stalled = sum(d - median for d in durations if d > STALL_FACTOR * median)
+    worst = sorted(range(len(durations)), key=lambda i: durations[i], reverse=True)[:slowest]
+    return {"step_ms_median": 1000 * median, "step_ms_p99": 1000 * p99,
+            "median_it_per_s": 1 / median if median > 0 else math.inf,
+            "stall_share": stalled / sum(durations),
+            "slowest_steps": [[first_step + i, 1000 * durations[i]] for i in sorted(worst)]}
 
 
 def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, modes: tuple[str, ...] = ("full",),
@@ -85,18 +112,23 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
                 torch.cuda.set_sync_debug_mode("error")
         loop.hook("on_step_end", logs)
 
-    def timed(mode: str, count: int) -> float:
+    def timed(mode: str, count: int) -> tuple[float, list[float]]:
+        """Wall time of ``count`` steps, and each step's host time (see :func:`step_time_summary`)."""
         _sync(device)
         if sync_debug and device.type == "cuda":
             # Any host-device synchronisation inside the timed steps now raises instead of stalling.
             torch.cuda.set_sync_debug_mode("error")
-        start = time.perf_counter()
+        durations = []
+        start = last = time.perf_counter()
         for _ in range(count):
             step(mode)
+            now = time.perf_counter()
+            durations.append(now - last)
+            last = now
         if sync_debug and device.type == "cuda":
             torch.cuda.set_sync_debug_mode("default")
         _sync(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, durations
 
     timed("full" if trains else "data", warmup)  # compiles, autotunes, fills the workers' queues
     if trains:
@@ -124,8 +156,10 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
     for mode in modes:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        elapsed = timed(mode, iters)
-        result = {**common, "mode": mode, "it_per_s": iters / elapsed, "ms_per_it": 1000 * elapsed / iters}
+        first = iteration + 1
+        elapsed, durations = timed(mode, iters)
+        result = {**common, "mode": mode, "it_per_s": iters / elapsed, "ms_per_it": 1000 * elapsed / iters,
+                  **step_time_summary(durations, first)}
         if device.type == "cuda":
             result["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             result["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 2**30

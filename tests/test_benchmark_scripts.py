@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from scripts import benchmark_ddp
-from scripts.benchmark_train import benchmark
+from scripts.benchmark_train import benchmark, step_time_summary
 from tests.conftest import small_train_yaml
 
 LOG = """\
@@ -50,5 +50,24 @@ def test_benchmark_train_measures_every_mode_in_one_run(tmp_path, hr_folder):
     assert [r["mode"] for r in results] == ["full", "step", "data"]
     assert all(r["cache"] == "ram" and r["workers"] == 0 and r["it_per_s"] > 0 for r in results)
     assert all(abs(r["ms_per_it"] * r["it_per_s"] - 1000) < 1e-6 for r in results)
+    # per-step times beside the mean: steps 2-5 are full (after one warm-up step), 6-9 step, 10-13 data
+    assert [[s for s, _ in r["slowest_steps"]] for r in results] == [[2, 3, 4, 5], [6, 7, 8, 9], [10, 11, 12, 13]]
+    assert all(r["step_ms_median"] > 0 and r["step_ms_p99"] >= r["step_ms_median"] for r in results)
     with pytest.raises(ValueError, match="unknown mode"):
         benchmark(str(path), [], iters=1, warmup=1, modes=("fast",))
+
+
+def test_step_times_show_the_stalls_the_mean_hides():
+    # 97 steps of 4 ms, then stalls of 40 and 100 ms at the 31st and 71st timed steps, and a 10 ms one
+    durations = [0.004] * 100
+    durations[30], durations[70], durations[50] = 0.040, 0.100, 0.010
+    summary = step_time_summary(durations, first_step=201, slowest=3)
+    assert summary["step_ms_median"] == pytest.approx(4.0)
+    assert summary["median_it_per_s"] == pytest.approx(250.0)  # the mean rate is 100 / 0.538 = 185.9
+    assert summary["step_ms_p99"] == pytest.approx(40.0)  # the 99th of 100 sorted values
+    # stalls: steps over 3 x 4 = 12 ms, beyond the median: 36 + 96 ms of 538 ms in all
+    assert summary["stall_share"] == pytest.approx(0.132 / 0.538)
+    assert summary["slowest_steps"] == [[231, pytest.approx(40.0)], [251, pytest.approx(10.0)],
+                                        [271, pytest.approx(100.0)]]
+    with pytest.raises(ValueError, match="no steps"):
+        step_time_summary([])
