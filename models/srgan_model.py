@@ -82,11 +82,11 @@ class SRGANModel(SRModel):
 
     def __init__(self, opt: Options, device: torch.device) -> None:
         super().__init__(opt, device)
+        self.adversary: Adversary | None = None  # none for test runs, or without network_d
         t = opt.train
         if t is None:
             return
         p = opt.path
-        self.adversary: Adversary | None = None
         if opt.network_d is not None:  # optional in runners that declare network_d so (PBRModel)
             self.adversary = Adversary(self, opt.network_d, t.gan, t.optim_d, t.scheduler_d, t.grad_clip_d,
                                        p.pretrain_network_d, p.strict_load_d, p.param_key_d)
@@ -101,7 +101,7 @@ class SRGANModel(SRModel):
         """(generator-only pre-training, generator steps, discriminator steps) at ``iteration``;
         always the first without a discriminator."""
         pretrain_steps, d_iters, d_init_iters = self.gan_schedule()
-        if getattr(self, "adversary", None) is None or iteration <= pretrain_steps:
+        if self.adversary is None or iteration <= pretrain_steps:
             return True, True, False
         a = iteration - pretrain_steps
         return False, a > d_init_iters and a % d_iters == 0, True
@@ -141,7 +141,7 @@ class SRGANModel(SRModel):
 
     def status_scalars(self, iteration: int) -> dict[str, float]:
         out = super().status_scalars(iteration)
-        if getattr(self, "adversary", None) is not None:
+        if self.adversary is not None:
             out["training/pretrain_phase"] = float(self.phase(iteration)[0])
             out["training/adv_loss_weight"] = self.adversarial_weight(iteration)
         return out

@@ -110,10 +110,7 @@ def _knobs(stream: BatchStream, step: int) -> dict[str, Any]:
 
 def _close(stream: BatchStream) -> None:
     """Stop the stream's worker processes before the next setting starts its own."""
-    stream.shutdown()
-    iterator = getattr(stream.loader, "_iterator", None)  # persistent workers live on the loader
-    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-        iterator._shutdown_workers()
+    stream.shutdown()  # stops the loader's persistent workers too
     gc.collect()
 
 
