@@ -58,6 +58,11 @@ class _StopFlag:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
+            # Ctrl+C, `timeout` and batch schedulers signal the whole process group, so the data
+            # workers die too, and torch's SIGCHLD handler would then raise in the middle of the
+            # save this stop is for. No batch is needed any more: stop listening.
+            if hasattr(signal, "SIGCHLD"):
+                self._previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
 
         try:
             for sig in self._SIGNALS:

@@ -43,8 +43,8 @@ class Adversary:
         net = model.build_net(network, name)
         model.load_pretrained(net, pretrained, strict_load, param_key, name)
         model.add_trained(name, net, key, optim, scheduler, grad_clip)
-        # The generator's pass runs the bare network (compiled when asked), not the DDP wrapper:
-        # its parameters are frozen then, and DDP would wait for gradients that never come.
+        # The generator's pass has its own compiled instance: it sees the parameters frozen, the
+        # discriminator's step sees them trainable, and one instance for both would recompile.
         self.frozen_net = model.compiled(net, model.opt.compile)
         head, kwargs = head_and_kwargs(gan, GANEntry)
         self.loss = LOSS_REGISTRY.get(gan["type"])(**kwargs).to(model.device)
@@ -77,7 +77,7 @@ class Adversary:
         self.freeze(False)
         net = self.model.train_nets[self.name]
         n = len(reals)
-        for real, fake in self.model.accumulate(list(zip(reals, fakes, strict=True)), self.key):
+        for real, fake in zip(reals, fakes, strict=True):
             with self.model.autocast():
                 real_scores = net(real)
                 fake_scores = net(fake.detach())

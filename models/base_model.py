@@ -4,7 +4,6 @@ and validation driven by the runner's own ``run_sample``."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -47,9 +46,9 @@ class BaseModel(ValidationMixin):
     """Builds and owns the networks, optimisers, schedulers and EMA of one run.
 
     A training step is assembled from parts, so a runner with a second network adds its update
-    without copying the first: ``accumulate(batches, key)`` → forward → losses →
-    ``backward(loss, key, n)`` → ``optimizer_step(key)`` (unscale, clip, step) → ``end_step``
-    (scaler update, EMA, schedulers). Optimisers are named (``g``, ``d``, ...); ``trained_nets``
+    without copying the first: per micro-batch forward → losses → ``backward(loss, key, n)``; then
+    ``optimizer_step(key)`` (average over the ranks, unscale, clip, step) → ``end_step`` (scaler
+    update, EMA, schedulers). Optimisers are named (``g``, ``d``, ...); ``trained_nets``
     maps each to the network it updates.
     """
 
@@ -121,7 +120,7 @@ class BaseModel(ValidationMixin):
             torch.backends.cudnn.benchmark = True
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.nets: dict[str, nn.Module] = {}  # bare networks, by name
-        self.train_nets: dict[str, nn.Module] = {}  # the same, wrapped by DDP / torch.compile
+        self.train_nets: dict[str, nn.Module] = {}  # the same, under torch.compile when asked
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.trained_nets: dict[str, str] = {}  # optimiser key → network name
         self.schedulers: dict[str, Any] = {}
@@ -135,6 +134,8 @@ class BaseModel(ValidationMixin):
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         self._has_grad: set[str] = set()
         self._scaler_stepped = False
+        # False for steps that must stay rank-local (an automation's trial step)
+        self.sync_gradients = True
 
     # ------------------------------------------------------------------ building
 
@@ -151,24 +152,16 @@ class BaseModel(ValidationMixin):
         self.log.info(f"{label}: loaded {path}: {report.summary()}")
 
     def wrap(self, net: nn.Module, compile_net: bool | str) -> nn.Module:
-        """DDP and torch.compile wrappers for the training forward; saving always unwraps.
+        """The training forward of ``net``: under torch.compile in the option's mode (saving always
+        unwraps). Under DDP every rank starts from rank 0's weights and buffers; gradients are
+        averaged in :meth:`optimizer_step` (``utils.dist.average_gradients`` says why not
+        DistributedDataParallel).
 
         ``compile_net`` is False, True (torch's default mode) or a torch.compile mode name;
         ``reduce-overhead`` replays CUDA graphs, which pays off for small networks whose step
         time is dominated by kernel launches.
         """
-        if dist.is_dist():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            # Gradients as views of the all-reduce buckets: no copy of every gradient into its
-            # bucket and back, two kernels per parameter per step a launch-bound small network
-            # pays in full. Buffers are broadcast from rank 0 before every forward only when
-            # something trains them (batch-norm statistics); the constants SR networks keep as
-            # buffers (mean shifts, filter taps) are equal on every rank anyway, and the
-            # broadcast would add a collective, a sync point, to every step.
-            running_stats = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-                                for m in net.modules())
-            net = nn.parallel.DistributedDataParallel(net, device_ids=ids, gradient_as_bucket_view=True,
-                                                      broadcast_buffers=running_stats)
+        dist.broadcast_tensors([*net.parameters(), *net.buffers()])
         return self.compiled(net, compile_net)
 
     @staticmethod
@@ -186,8 +179,8 @@ class BaseModel(ValidationMixin):
         ``params``: the parameters or param groups (dicts with ``params`` and e.g. their own ``lr``)
         to optimise; default every parameter of ``net`` that requires gradients. Parameters with
         ``requires_grad`` off are left out of every group (a group left empty is dropped), so a
-        frozen part costs no optimiser state. Freeze before calling: DDP, wrapped here, registers
-        the parameters that require gradients at that moment.
+        frozen part costs no optimiser state. Freeze before calling: the optimiser gets the
+        parameters that require gradients at that moment.
         """
         net.train()
         self.nets[name] = net
@@ -208,15 +201,6 @@ class BaseModel(ValidationMixin):
 
     # ----------------------------------------------------------- step in parts
 
-    def accumulate(self, batches: list[dict[str, Any]], key: str) -> Iterator[dict[str, Any]]:
-        """Yield the micro-batches of one step; under DDP, gradients are reduced on the last only."""
-        net = self.train_nets[self.trained_nets[key]]
-        ddp = unwrap_ddp(net)
-        for i, batch in enumerate(batches):
-            last = i == len(batches) - 1
-            with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
-                yield batch
-
     def backward(self, loss: torch.Tensor | None, key: str, micro_batches: int = 1) -> None:
         """Backward the (scaled) loss of one micro-batch; None (every weight 0) does nothing."""
         if loss is None:
@@ -233,10 +217,12 @@ class BaseModel(ValidationMixin):
             optimizer.zero_grad(set_to_none=True)
             return
         self._has_grad.discard(key)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if self.sync_gradients:
+            dist.average_gradients(params)
         clip = self.grad_clip.get(key)
         if clip is not None:
             self.scaler.unscale_(optimizer)
-            params = [p for g in optimizer.param_groups for p in g["params"]]
             norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
             self.log_value(f"grad_norm/{key}" if key != "g" else "grad_norm", norm)
         self.scaler.step(optimizer)
@@ -254,6 +240,12 @@ class BaseModel(ValidationMixin):
         if self._scaler_stepped:
             self.scaler.update()
             self._scaler_stepped = False
+        if self.sync_gradients and dist.is_dist():
+            # Batch-norm statistics are not gradients: every rank takes rank 0's, as
+            # DistributedDataParallel's broadcast_buffers would.
+            for name in self.trained_nets.values():
+                if has_running_stats(self.nets[name]):
+                    dist.broadcast_tensors(self.nets[name].buffers())
         if self.ema is not None:
             self.ema.update(self.nets[self.ema_of], iteration)
         for scheduler in self.schedulers.values():
@@ -415,11 +407,6 @@ class BaseModel(ValidationMixin):
                     for p in self.nets[name].parameters()]
 
 
-def unwrap_ddp(net: nn.Module) -> nn.parallel.DistributedDataParallel | None:
-    """The DDP wrapper inside ``net`` (which torch.compile may wrap), if any."""
-    while True:
-        if isinstance(net, nn.parallel.DistributedDataParallel):
-            return net
-        if not hasattr(net, "_orig_mod"):
-            return None
-        net = net._orig_mod
+def has_running_stats(net: nn.Module) -> bool:
+    """Whether training updates buffers of ``net`` (batch-norm running statistics)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in net.modules())

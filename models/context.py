@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +10,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.base_model import unwrap_ddp
 from utils.weights import save_network
 
 if TYPE_CHECKING:
@@ -143,13 +141,10 @@ class TrainingContext:
         try:
             batch = self._loop.stream.sample_batch(batch_size, self.iteration + 1)
             # rank-local: no gradient all-reduce, so one rank's out-of-memory cannot hang the others
-            with contextlib.ExitStack() as stack:
-                for net in model.train_nets.values():
-                    ddp = unwrap_ddp(net)
-                    if ddp is not None:
-                        stack.enter_context(ddp.no_sync())
-                model.train_step([batch] * self._loop.opt.train.accumulate_grad_batches, self.iteration + 1)
+            model.sync_gradients = False
+            model.train_step([batch] * self._loop.opt.train.accumulate_grad_batches, self.iteration + 1)
         finally:
+            model.sync_gradients = True
             model.discard_step()
             model.load_state_dict(saved)
             model._log_sums, model._log_counts = logs

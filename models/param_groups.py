@@ -129,8 +129,8 @@ def stage_param_groups(net: nn.Module, tail_only: bool = False, lr_trunk: float 
     """The optimiser's param groups for a staged run, or None when no stage key is set (the runner's
     default: one group of every trainable parameter).
 
-    ``tail_only``: the trunk is frozen (:func:`freeze_trunk`; call this before DDP wraps ``net``,
-    which then leaves the frozen parameters out of its reducer) and the one group is the tail.
+    ``tail_only``: the trunk is frozen (:func:`freeze_trunk`) and the one group is the tail; frozen
+    parameters have no gradient to average across ranks.
     Otherwise ``[trunk, tail]``; ``lr_trunk`` / ``lr_tail`` (None: the optimiser's ``lr``) set a
     group's LR, which the scheduler then scales like the optimiser's base LR.
     """

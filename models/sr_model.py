@@ -59,7 +59,7 @@ class SRModel(BaseModel):
             return
         if t.ema_decay > 0:
             self.ema = ModelEMA(net_g, t.ema_decay, t.ema_update_after, t.ema_warmup)
-        # train.tail_only / lr_trunk / lr_tail: the trunk frozen (before DDP wraps the network) or
+        # train.tail_only / lr_trunk / lr_tail: the trunk frozen (before the optimiser is built) or
         # its own param group; None: one group of every parameter
         groups = stage_param_groups(net_g, t.tail_only, t.lr_trunk, t.lr_tail, "net_g")
         self.add_trained("net_g", net_g, "g", t.optim_g, t.scheduler, t.grad_clip, params=groups)
@@ -83,7 +83,7 @@ class SRModel(BaseModel):
     def train_step(self, batches: list[dict[str, torch.Tensor]], iteration: int) -> None:
         """One optimiser step over ``accumulate_grad_batches`` micro-batches (no host sync)."""
         net = self.train_nets["net_g"]
-        for batch in self.accumulate(batches, "g"):
+        for batch in batches:
             sr, tensors = self.generate(net, batch)
             loss = self.losses(tensors, iteration)
             self.backward(loss, "g", len(batches))

@@ -116,7 +116,7 @@ class SRGANModel(SRModel):
         if train_g:
             if self.adversary is not None:
                 self.adversary.freeze()
-            for batch in self.accumulate(batches, "g"):
+            for batch in batches:
                 sr, tensors = self.generate(net, batch)
                 if train_d:
                     # A copy for the discriminator: under compile: reduce-overhead the output lives in

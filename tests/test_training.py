@@ -52,13 +52,16 @@ def test_resume_gives_identical_weights(tmp_path, hr_folder):
     assert s_state["model"]["schedulers"] == r_state["model"]["schedulers"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_saves_state_and_auto_resume_continues(tmp_path, hr_folder, sig):
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)])
+def test_ctrl_c_saves_state_and_auto_resume_continues(tmp_path, hr_folder, sig, group):
+    """The signal to train.py alone, or (``group``: as `timeout`, Slurm or a terminal's Ctrl+C send
+    it) to its whole process group, whose data workers then die before the final save."""
     path = small_train_yaml(tmp_path, hr_folder)
     cmd = [sys.executable, "train.py", "-opt", str(path), "-o", "train.total_iter=100000",
-           "-o", "logger.print_freq=1", "-o", "logger.save_checkpoint_freq=100000", "-o", "val.val_freq=100000"]
+           "-o", "logger.print_freq=1", "-o", "logger.save_checkpoint_freq=100000", "-o", "val.val_freq=100000",
+           "-o", f"datasets.train.num_worker_per_gpu={2 if group else 0}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+                            env={**os.environ, "COLUMNS": "200"}, start_new_session=group)
     exp = tmp_path / "exp" / "tiny"
     deadline = time.time() + 120
     while time.time() < deadline and not list(exp.glob("train_*.log")):
@@ -66,7 +69,10 @@ def test_ctrl_c_saves_state_and_auto_resume_continues(tmp_path, hr_folder, sig):
     log_file = next(exp.glob("train_*.log"))
     while time.time() < deadline and "iter 30/" not in log_file.read_text():
         time.sleep(0.2)
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     states = list_states(exp / "training_states")
