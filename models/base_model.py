@@ -136,6 +136,7 @@ class BaseModel(ValidationMixin):
         self._scaler_stepped = False
         # False for steps that must stay rank-local (an automation's trial step)
         self.sync_gradients = True
+        self._running_stats_nets: list[str] = []  # trained networks with batch-norm statistics
 
     # ------------------------------------------------------------------ building
 
@@ -185,6 +186,8 @@ class BaseModel(ValidationMixin):
         net.train()
         self.nets[name] = net
         self.train_nets[name] = self.wrap(net, self.opt.compile)
+        if has_running_stats(net):
+            self._running_stats_nets.append(name)
         params = trainable_params(net if params is None else params, name)
         kwargs = {k: v for k, v in optim_opt.items() if k != "type"}
         self.optimizers[key] = OPTIMIZER_REGISTRY.get(optim_opt["type"])(params, **kwargs)
@@ -243,9 +246,8 @@ class BaseModel(ValidationMixin):
         if self.sync_gradients and dist.is_dist():
             # Batch-norm statistics are not gradients: every rank takes rank 0's, as
             # DistributedDataParallel's broadcast_buffers would.
-            for name in self.trained_nets.values():
-                if has_running_stats(self.nets[name]):
-                    dist.broadcast_tensors(self.nets[name].buffers())
+            for name in self._running_stats_nets:
+                dist.broadcast_tensors(self.nets[name].buffers())
         if self.ema is not None:
             self.ema.update(self.nets[self.ema_of], iteration)
         for scheduler in self.schedulers.values():
@@ -401,10 +403,11 @@ class BaseModel(ValidationMixin):
         return network_metadata(self.net_options[name], self.opt.scale, iteration, copy)
 
     def fingerprint(self) -> list[float]:
-        """A cheap per-tensor checksum of the trained networks (to compare DDP replicas)."""
+        """A cheap per-tensor checksum of the trained networks' parameters and floating-point
+        buffers (batch-norm statistics), to compare DDP replicas."""
         with torch.no_grad():
-            return [float(p.double().sum()) for name in self.trained_nets.values()
-                    for p in self.nets[name].parameters()]
+            return [float(t.double().sum()) for name in self.trained_nets.values()
+                    for t in [*self.nets[name].parameters(), *self.nets[name].buffers()] if t.is_floating_point()]
 
 
 def has_running_stats(net: nn.Module) -> bool:

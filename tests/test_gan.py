@@ -292,8 +292,8 @@ def test_load_options_from_file(tmp_path, hr_folder):
 
 
 def test_two_process_gloo_gan_training(tmp_path, hr_folder):
-    """Real DDP: the frozen discriminator pass must not leave DDP waiting for gradients, and both
-    networks must stay identical on the two ranks."""
+    """Real two-process DDP: the discriminator's gradients are averaged in its own step only, and
+    both networks, the PatchGAN's batch-norm statistics included, end identical on the two ranks."""
     import os
     import subprocess
     import sys

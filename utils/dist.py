@@ -93,27 +93,29 @@ def _groups(tensors: Iterable[torch.Tensor]) -> list[list[torch.Tensor]]:
     return list(groups.values())
 
 
-def _flat_view(t: torch.Tensor) -> torch.Tensor | None:
-    """``t``'s elements in memory order as a 1-D view (channels-last weights too), else None."""
-    if t.is_contiguous():
-        return t.view(-1)
-    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
-        return t.permute(0, 2, 3, 1).view(-1)  # NHWC is a channels-last tensor's memory order
-    return None
+def _flat_views(tensors: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Each tensor's elements in memory order as a 1-D view (channels-last weights too), or None
+    where the layout has gaps (then read with ``reshape`` and written back with ``copy_``)."""
+    views: list[torch.Tensor | None] = []
+    for t in tensors:
+        if t.is_contiguous():
+            views.append(t.view(-1))
+        elif t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+            views.append(t.permute(0, 2, 3, 1).view(-1))  # NHWC is a channels-last tensor's memory order
+        else:
+            views.append(None)
+    return views
 
 
-def _flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
-    parts = [_flat_view(t) for t in tensors]
-    return torch.cat([p if p is not None else t.reshape(-1) for p, t in zip(parts, tensors, strict=True)])
+def _pieces(tensors: list[torch.Tensor], views: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    return [v if v is not None else t.reshape(-1) for t, v in zip(tensors, views, strict=True)]
 
 
-def _unflatten_into(tensors: list[torch.Tensor], flat: torch.Tensor) -> None:
-    """Copy consecutive pieces of ``flat`` back into ``tensors``, in the order :func:`_flatten` read them."""
-    dests, values = [], []
-    for t, piece in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
-        view = _flat_view(t)
-        dests.append(view if view is not None else t)
-        values.append(piece if view is not None else piece.view(t.shape))
+def _unflatten_into(tensors: list[torch.Tensor], views: list[torch.Tensor | None], flat: torch.Tensor) -> None:
+    """Copy consecutive pieces of ``flat`` back into ``tensors``, in the order :func:`_pieces` read them."""
+    pieces = flat.split([t.numel() for t in tensors])
+    dests = [v if v is not None else t for t, v in zip(tensors, views, strict=True)]
+    values = [p if v is not None else p.view(t.shape) for t, v, p in zip(tensors, views, pieces, strict=True)]
     torch._foreach_copy_(dests, values)  # one launch for all of them, not one per tensor
 
 
@@ -126,21 +128,25 @@ def average_gradients(params: Iterable[torch.Tensor]) -> None:
         return
     world = get_world_size()
     for group in _groups(p for p in params if p.requires_grad):
-        missing = [p.grad is None for p in group]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in group]
+        grads = [p.grad for p in group]
+        missing = [i for i, g in enumerate(grads) if g is None]
+        for i in missing:
+            grads[i] = torch.zeros_like(group[i])
         # One presence flag per parameter rides along, so a rank that lacks a gradient learns
         # whether any other rank has one. Reading the flags is a host sync, paid only then.
-        flags = torch.ones(len(group), dtype=group[0].dtype, device=group[0].device)
-        if any(missing):
-            flags[[i for i, m in enumerate(missing) if m]] = 0
-        flat = torch.cat([_flatten(grads), flags])
+        flags = torch.ones(len(group), dtype=grads[0].dtype, device=grads[0].device)
+        if missing:
+            flags[missing] = 0
+        views = _flat_views(grads)
+        flat = torch.cat([*_pieces(grads, views), flags])
         dist.all_reduce(flat)
         flat.mul_(1.0 / world)
-        _unflatten_into(grads, flat[: -len(group)])
-        present = flat[-len(group):].tolist() if any(missing) else None
-        for i, p in enumerate(group):
-            if missing[i] and present[i] > 0:
-                p.grad = grads[i]
+        _unflatten_into(grads, views, flat[: -len(group)])
+        if missing:
+            present = flat[-len(group):].tolist()
+            for i in missing:
+                if present[i] > 0:
+                    group[i].grad = grads[i]
 
 
 def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
@@ -150,6 +156,7 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
         return
     with torch.no_grad():
         for group in _groups(tensors):
-            flat = _flatten(group)
+            views = _flat_views(group)
+            flat = torch.cat(_pieces(group, views))
             dist.broadcast(flat, src=src)
-            _unflatten_into(group, flat)
+            _unflatten_into(group, views, flat)
