@@ -7,7 +7,9 @@ Runs ``python train.py`` (one process) and then ``torchrun --standalone --nproc_
 train.py`` with the same options and overrides, each for ``--iters`` iterations, validating once
 at the end (sharded across the ranks) and saving nothing in between. The rate of a run is the
 median of the it/s that train.py logs every ``logger.print_freq`` iterations, leaving out the first
-``--skip`` intervals (compilation, autotuning, the workers' first batches). Scaling is
+``--skip`` intervals (compilation, autotuning, the workers' first batches). With ``--pin`` every
+process is held to its own slice of the CPUs (the one-GPU run to the first), launched by this
+script with torchrun's environment variables instead of torchrun. Scaling is
 ``N * per-rank rate / one-GPU rate``: N for perfect scaling, since every rank trains on its own
 ``batch_size_per_gpu``. The multi-GPU run must also end with identical weights on every rank
 (train.py checks it and logs "weights identical on all N ranks: True").
@@ -19,10 +21,12 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,14 +68,63 @@ def command(opt: str, overrides: list[str], gpus: int, iters: int, print_freq: i
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *args]
 
 
-def run(cmd: list[str], gpus: int) -> str:
+def cpu_slices(cpus: list[int], parts: int) -> list[list[int]]:
+    """``cpus`` (sorted) cut into ``parts`` contiguous slices of equal size; a remainder is left out."""
+    cpus = sorted(cpus)
+    size = len(cpus) // parts
+    if size == 0:
+        raise ValueError(f"--pin: {len(cpus)} CPUs cannot be shared among {parts} processes")
+    return [cpus[i * size:(i + 1) * size] for i in range(parts)]
+
+
+def run_pinned(cmd: list[str], gpus: int, parts: int) -> str:
+    """``cmd`` (train.py alone) as ``gpus`` processes, rank r on the r-th of ``parts`` CPU slices
+    (torchrun's environment, set here); rank 0's log. A rank that fails stops the others."""
+    slices = cpu_slices(list(os.sched_getaffinity(0)), parts)
+    if gpus == 1:
+        return run(cmd, 1, slices[0])
+    env = dict(os.environ, COLUMNS="250", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        for rank in range(gpus):
+            rank_env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(gpus),
+                            LOCAL_WORLD_SIZE=str(gpus), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            out = open(Path(tmp) / f"{rank}.log", "w")  # noqa: SIM115 (closed below)
+            procs.append((subprocess.Popen(cmd, cwd=ROOT, env=rank_env, stdout=out, stderr=subprocess.STDOUT,
+                                           preexec_fn=lambda cpus=slices[rank]: os.sched_setaffinity(0, cpus)),
+                          out))
+        while any(proc.poll() is None for proc, _ in procs):
+            if any(proc.poll() not in (None, 0) for proc, _ in procs):
+                for proc, _ in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+            time.sleep(0.2)
+        codes = [proc.wait() for proc, _ in procs]
+        for _, out in procs:
+            out.close()
+        logs = [(Path(tmp) / f"{rank}.log").read_text() for rank in range(gpus)]
+    if any(codes):
+        raise RuntimeError(f"{' '.join(cmd)} failed on ranks {[r for r, c in enumerate(codes) if c]}:\n"
+                           f"{next(log for log, c in zip(logs, codes, strict=True) if c)[-4000:]}")
+    return logs[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(cmd: list[str], gpus: int, cpus: list[int] | None = None) -> str:
     # One log line per line (rich wraps at the terminal width). torchrun gives every rank one
     # OpenMP thread unless OMP_NUM_THREADS is set; the one-GPU run gets the same, so the two
     # differ only in the number of processes.
     env = dict(os.environ, COLUMNS="250", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     if gpus == 1:
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False, preexec_fn=pin)
     log = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {done.returncode}:\n{log[-4000:]}")
@@ -89,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", choices=("both", "one", "multi"), default="both",
                         help="run both, or only the one-GPU or the multi-GPU run (e.g. one-GPU runs of two option "
                              "files side by side on a two-GPU machine); scaling needs both")
+    parser.add_argument("--pin", action="store_true",
+                        help="hold each process to its own contiguous slice of the CPUs (launched without torchrun)")
     parser.add_argument("--json", help="append the result as one JSON line to this file")
     args = parser.parse_args(argv)
     counts = {"both": (1, args.gpus), "one": (1,), "multi": (args.gpus,)}[args.stage]
@@ -96,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rates, identical = {}, None
         for gpus in counts:
-            log = run(command(args.opt, args.override, gpus, args.iters, args.print_freq, root), gpus)
+            cmd = command(args.opt, args.override, gpus, args.iters, args.print_freq, root)
+            if args.pin:
+                log = run_pinned(cmd[:1] + cmd[cmd.index("train.py"):], gpus, args.gpus)
+            else:
+                log = run(cmd, gpus)
             rates[gpus] = run_rate(log, args.skip)
             if gpus > 1:
                 identical = replicas_identical(log)
@@ -104,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     result = {"option_file": args.opt, "overrides": args.override, "iters": args.iters, "gpus": args.gpus,
               "one_gpu_it_per_s": rates.get(1), "per_rank_it_per_s": rates.get(args.gpus),
-              "replicas_identical": identical}
+              "replicas_identical": identical, "pinned": args.pin}
     if len(rates) == 2:
         result["scaling"] = args.gpus * rates[args.gpus] / rates[1]
     emit(result, args.json)

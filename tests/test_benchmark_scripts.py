@@ -71,3 +71,25 @@ def test_step_times_show_the_stalls_the_mean_hides():
                                         [271, pytest.approx(100.0)]]
     with pytest.raises(ValueError, match="no steps"):
         step_time_summary([])
+
+
+def test_pinned_slices_are_contiguous_and_equal():
+    assert benchmark_ddp.cpu_slices([7, 0, 1, 2, 3, 4, 5, 6], 2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert benchmark_ddp.cpu_slices(list(range(10)), 3) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]  # 9 left out
+    with pytest.raises(ValueError, match="2 CPUs cannot be shared among 3 processes"):
+        benchmark_ddp.cpu_slices([0, 1], 3)
+
+
+def test_pinned_two_process_run_trains_and_reports(tmp_path, hr_folder, capsys):
+    """--pin launches the ranks itself (torchrun's variables, one CPU slice each): a real two-process
+    gloo run whose replicas end identical."""
+    import json
+
+    path = small_train_yaml(tmp_path, hr_folder)
+    out = tmp_path / "r.jsonl"
+    assert benchmark_ddp.main(["-opt", str(path), "--gpus", "2", "--iters", "6", "--print-freq", "2", "--skip", "0",
+                               "--pin", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["pinned"] and result["replicas_identical"] is True
+    assert result["one_gpu_it_per_s"] > 0 and result["per_rank_it_per_s"] > 0
+    assert result["scaling"] == pytest.approx(2 * result["per_rank_it_per_s"] / result["one_gpu_it_per_s"])
