@@ -45,22 +45,28 @@ from utils.registry import MODEL_REGISTRY
 
 class _StopFlag:
     """Ctrl+C (SIGINT) or a scheduler's SIGTERM asks the loop to save and stop; a second signal
-    stops at once."""
+    stops at once. Signals within ``SAME_REQUEST_S`` of the first are the same request: under
+    torchrun a rank gets a group-wide SIGTERM twice, directly and forwarded by the agent."""
 
     _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SAME_REQUEST_S = 1.0
 
     def __init__(self) -> None:
         self.requested = False
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         def handler(signum: int, frame: Any) -> None:
             if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            # Ctrl+C, `timeout` and batch schedulers signal the whole process group, so the data
-            # workers die too, and torch's SIGCHLD handler would then raise in the middle of the
-            # save this stop is for. No batch is needed any more: stop listening.
+                if time.monotonic() - self._first > self.SAME_REQUEST_S:
+                    raise KeyboardInterrupt
+                return
+            self.requested, self._first = True, time.monotonic()
+            # Ctrl+C, `timeout` and batch schedulers signal the whole process group. Data workers
+            # outlive the signal long enough to feed the steps until the stop
+            # (data_loader.outlive_stop_signals); one that dies anyway must not make torch's
+            # SIGCHLD handler raise in the middle of the save this stop is for.
             if hasattr(signal, "SIGCHLD"):
                 self._previous.setdefault(signal.SIGCHLD, signal.signal(signal.SIGCHLD, signal.SIG_DFL))
 

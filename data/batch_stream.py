@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.cached_batches import CachedBatches, CachedPrefetcher, collate_plans
+from data.data_loader import outlive_stop_signals
 from data.prefetcher import build_prefetcher
 from utils.logger import get_logger
 
@@ -58,7 +59,8 @@ class BatchStream:
             self.cached = CachedBatches(loader.dataset, device, channels_last, get_logger())
             # the patches are drawn in a worker process; the same batch sampler feeds it
             self._plans = DataLoader(self.cached.planner, batch_sampler=self.batch_sampler, num_workers=1,
-                                     collate_fn=collate_plans, persistent_workers=True, prefetch_factor=4)
+                                     collate_fn=collate_plans, persistent_workers=True, prefetch_factor=4,
+                                     worker_init_fn=outlive_stop_signals)
 
     # --------------------------------------------------------------------- knobs
 

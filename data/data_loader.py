@@ -12,9 +12,12 @@ import builtins
 import functools
 import logging
 import math
+import os
 import random
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -190,6 +193,27 @@ def _mix_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) % 2**63
 
 
+#: seconds a data worker keeps serving batches after a stop signal reached it too
+STOP_GRACE_S = 60.0
+
+
+def outlive_stop_signals(_worker_id: int = 0) -> None:
+    """Worker init: Ctrl+C, `timeout` and batch schedulers signal the whole process group, but the
+    main process finishes its step after the signal (under DDP it runs on to the next logging
+    step, where the ranks agree to stop) and then saves, and it may need batches until then. So
+    a worker that gets SIGINT or SIGTERM keeps serving and exits ``STOP_GRACE_S`` later; the main
+    process normally shuts it down long before."""
+
+    def exit_later(signum: int, frame: Any) -> None:
+        if not any(t.name == "stop-grace" for t in threading.enumerate()):
+            timer = threading.Timer(STOP_GRACE_S, os._exit, (0,))
+            timer.name, timer.daemon = "stop-grace", True
+            timer.start()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, exit_later)
+
+
 def _seed_worker(worker_id: int, rank: int) -> None:
     # torch has already seeded this worker with base_seed + worker_id; derive numpy's and
     # python's from it (and the rank) so libraries using their global RNGs differ per worker.
@@ -199,6 +223,7 @@ def _seed_worker(worker_id: int, rank: int) -> None:
     # Workers are the parallelism: OpenCV's own thread pool (one thread per core in every worker)
     # only oversubscribes the cores, so that more workers deliver fewer batches.
     cv2.setNumThreads(0)
+    outlive_stop_signals()
 
 
 def build_dataset(ds_opt: dict) -> Dataset:

@@ -52,6 +52,57 @@ def test_resume_gives_identical_weights(tmp_path, hr_folder):
     assert s_state["model"]["schedulers"] == r_state["model"]["schedulers"]
 
 
+def test_stop_flag_counts_a_burst_as_one_request_and_a_later_signal_as_stop_now():
+    from train import _StopFlag
+
+    chld = signal.getsignal(signal.SIGCHLD)
+    flag = _StopFlag()
+    flag.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's forwarded copy, a moment later: the same request
+        assert flag.requested
+        # worker deaths no longer interrupt the save this stop is for
+        assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+        flag._first -= 2 * _StopFlag.SAME_REQUEST_S  # a signal after the burst means: stop now
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    finally:
+        flag.restore()
+    assert signal.getsignal(signal.SIGCHLD) == chld and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_group_sigterm_under_torchrun_saves_one_state_on_both_ranks(tmp_path, hr_folder):
+    """A group-wide SIGTERM (as a scheduler sends it) reaches torchrun, both ranks and their data
+    workers; the ranks run on to the next logging step, where they agree to stop (the workers keep
+    serving), and save; torchrun's forwarded second SIGTERM does not turn that into a hard stop."""
+    from tests.test_ddp import _free_port
+
+    path = small_train_yaml(tmp_path, hr_folder)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "train.py", "-opt", str(path), "-o", "train.total_iter=100000", "-o", "logger.print_freq=10",
+           "-o", "logger.save_checkpoint_freq=100000", "-o", "val.val_freq=100000",
+           "-o", "datasets.train.num_worker_per_gpu=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "COLUMNS": "200"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    exp = tmp_path / "exp" / "tiny"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(exp.glob("train_*.log")):
+        time.sleep(0.2)
+    log_file = next(exp.glob("train_*.log"))
+    while time.time() < deadline and "iter 30/" not in log_file.read_text():
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    text = log_file.read_text()
+    assert "saved; continue with" in text, err[-3000:]
+    states = list_states(exp / "training_states")
+    assert len(states) == 1 and int(states[0].stem) % 10 == 0  # a logging step, the same on both ranks
+    assert "killed by signal" not in err and "exited unexpectedly" not in err
+
+
 @pytest.mark.parametrize(("sig", "group"), [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)])
 def test_ctrl_c_saves_state_and_auto_resume_continues(tmp_path, hr_folder, sig, group):
     """The signal to train.py alone, or (``group``: as `timeout`, Slurm or a terminal's Ctrl+C send
