@@ -8,7 +8,7 @@ train.py`` with the same options and overrides, each for ``--iters`` iterations,
 at the end (sharded across the ranks) and saving nothing in between. The rate of a run is the
 median of the it/s that train.py logs every ``logger.print_freq`` iterations, leaving out the first
 ``--skip`` intervals (compilation, autotuning, the workers' first batches). With ``--pin`` every
-process is held to its own slice of the CPUs (the one-GPU run to the first), launched by this
+process is held to its own share of the physical cores (the one-GPU run to the first), launched by this
 script with torchrun's environment variables instead of torchrun. Scaling is
 ``N * per-rank rate / one-GPU rate``: N for perfect scaling, since every rank trains on its own
 ``batch_size_per_gpu``. The multi-GPU run must also end with identical weights on every rank
@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,13 +69,29 @@ def command(opt: str, overrides: list[str], gpus: int, iters: int, print_freq: i
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *args]
 
 
-def cpu_slices(cpus: list[int], parts: int) -> list[list[int]]:
-    """``cpus`` (sorted) cut into ``parts`` contiguous slices of equal size; a remainder is left out."""
-    cpus = sorted(cpus)
-    size = len(cpus) // parts
+def _siblings(cpu: int) -> frozenset[int]:
+    """The logical CPUs sharing ``cpu``'s physical core (itself alone where sysfs does not say)."""
+    path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return frozenset([cpu])
+    found: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        found.update(range(int(lo), int(hi or lo) + 1))
+    return frozenset(found)
+
+
+def cpu_slices(cpus: list[int], parts: int, siblings: Callable[[int], frozenset[int]] = _siblings) -> list[list[int]]:
+    """``cpus`` cut into ``parts`` equal slices of whole physical cores (hyper-threads of one core
+    never land in two slices), in CPU order; a remainder is left out."""
+    allowed = set(cpus)
+    cores = sorted({frozenset(siblings(c) & allowed) or frozenset([c]) for c in cpus}, key=min)
+    size = len(cores) // parts
     if size == 0:
-        raise ValueError(f"--pin: {len(cpus)} CPUs cannot be shared among {parts} processes")
-    return [cpus[i * size:(i + 1) * size] for i in range(parts)]
+        raise ValueError(f"--pin: {len(cores)} cores cannot be shared among {parts} processes")
+    return [sorted(c for core in cores[i * size:(i + 1) * size] for c in core) for i in range(parts)]
 
 
 def run_pinned(cmd: list[str], gpus: int, parts: int) -> str:
@@ -143,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run both, or only the one-GPU or the multi-GPU run (e.g. one-GPU runs of two option "
                              "files side by side on a two-GPU machine); scaling needs both")
     parser.add_argument("--pin", action="store_true",
-                        help="hold each process to its own contiguous slice of the CPUs (launched without torchrun)")
+                        help="hold each process to its own share of the physical cores (launched without torchrun)")
     parser.add_argument("--json", help="append the result as one JSON line to this file")
     args = parser.parse_args(argv)
     counts = {"both": (1, args.gpus), "one": (1,), "multi": (args.gpus,)}[args.stage]

@@ -73,11 +73,18 @@ def test_step_times_show_the_stalls_the_mean_hides():
         step_time_summary([])
 
 
-def test_pinned_slices_are_contiguous_and_equal():
-    assert benchmark_ddp.cpu_slices([7, 0, 1, 2, 3, 4, 5, 6], 2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert benchmark_ddp.cpu_slices(list(range(10)), 3) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]  # 9 left out
-    with pytest.raises(ValueError, match="2 CPUs cannot be shared among 3 processes"):
-        benchmark_ddp.cpu_slices([0, 1], 3)
+def test_pinned_slices_are_equal_and_keep_hyperthreads_together():
+    alone = lambda c: frozenset([c])  # noqa: E731
+    assert benchmark_ddp.cpu_slices([7, 0, 1, 2, 3, 4, 5, 6], 2, alone) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert benchmark_ddp.cpu_slices(list(range(10)), 3, alone) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]  # 9 left out
+    # 8 logical CPUs on 4 cores, siblings (n, n + 4): halves of whole cores, not 0-3 / 4-7
+    paired = lambda c: frozenset([c % 4, c % 4 + 4])  # noqa: E731
+    assert benchmark_ddp.cpu_slices(list(range(8)), 2, paired) == [[0, 1, 4, 5], [2, 3, 6, 7]]
+    # a sibling outside the allowed set (taskset) is not handed out
+    assert benchmark_ddp.cpu_slices([0, 1, 2, 3], 2, paired) == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match="2 cores cannot be shared among 3 processes"):
+        benchmark_ddp.cpu_slices([0, 1], 3, alone)
+    assert benchmark_ddp._siblings(0) >= {0}  # sysfs here, or the CPU alone
 
 
 def test_pinned_two_process_run_trains_and_reports(tmp_path, hr_folder, capsys):
