@@ -480,3 +480,35 @@ def test_other_archs_name_their_tail_and_freeze_the_rest(arch, kwargs, tail):
     norms = {n for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d)}
     assert set(held) == norms and (arch != "SRResNet" or norms)
     assert getattr(net, "scale", None) == 2  # a warm start from another scale compares it with the file's
+
+
+def test_residual_network_warm_started_from_a_plain_one_starts_at_nearest(tmp_path):
+    """The x2 tail stage's case: generic (no residual_output) weights into a residual 64x32-style
+    network. Its conv_last, which painted the whole image, starts at zero, so the output is exactly
+    the nearest upscale; a residual source keeps its conv_last; a strict load changes nothing."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    plain = EDSR(num_feat=8, num_block=1, scale=2)
+    plain_file = tmp_path / "plain.safetensors"
+    save_network(plain, plain_file, network_metadata({"type": "EDSR", "num_feat": 8, "num_block": 1}, scale=2))
+    residual = EDSR(num_feat=8, num_block=2, scale=2, residual_output=True)
+    report = load_network(residual, plain_file, strict=False)
+    assert "conv_last zeroed" in report.summary() and "conv_first.weight" in report.loaded
+    x = torch.rand(1, 3, 6, 5)
+    with torch.no_grad():
+        assert torch.equal(residual(x), F.interpolate(x, scale_factor=2, mode="nearest"))
+    assert torch.equal(residual.conv_first.weight, plain.conv_first.weight)
+
+    res_file = tmp_path / "residual.safetensors"
+    torch.manual_seed(1)
+    source = EDSR(num_feat=8, num_block=1, scale=2, residual_output=True)
+    save_network(source, res_file, network_metadata({"type": "EDSR", "num_feat": 8, "num_block": 1,
+                                                     "residual_output": True}, scale=2))
+    again = EDSR(num_feat=8, num_block=2, scale=2, residual_output=True)
+    report = load_network(again, res_file, strict=False)
+    assert "zeroed" not in report.summary() and torch.equal(again.conv_last.weight, source.conv_last.weight)
+
+    same_depth = EDSR(num_feat=8, num_block=1, scale=2, residual_output=True)
+    load_network(same_depth, plain_file, strict=True)  # the user asked for these exact weights
+    assert torch.equal(same_depth.conv_last.weight, plain.conv_last.weight)

@@ -427,6 +427,11 @@ def load_network(
     ("new (scale changed)"), kept as initialised. With ``cross_scale`` and ``strict`` the trunk
     must still match exactly. An arch that names no tail cannot take ``cross_scale``; a
     non-strict load into it loads what fits, as for any other warm start.
+
+    After a non-strict load from a file, the arch's optional ``after_warm_start(source_options)``
+    hook (the file's recorded network section, or None) may adjust the network for what it was
+    trained as; its message joins the report (EDSR: a residual network warm-started from a
+    non-residual one starts its last conv at zero).
     """
     source = "state dict" if isinstance(path, Mapping) else str(path)
     raw = dict(path) if isinstance(path, Mapping) else read_weights(path)
@@ -462,6 +467,12 @@ def load_network(
             f"strict load of {source} into {type(target).__name__} failed: {report.summary()}"
         )
     target.load_state_dict(usable, strict=False)
+    hook = getattr(target, "after_warm_start", None)
+    if not strict and callable(hook) and not isinstance(path, Mapping):
+        # the arch may adjust for what its source network was (its recorded options, if any)
+        note = hook(arch_from_metadata(read_metadata(path)))
+        if note:
+            report.note = f"{report.note}; {note}" if report.note else note
     return report
 
 
