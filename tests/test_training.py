@@ -52,6 +52,17 @@ def test_resume_gives_identical_weights(tmp_path, hr_folder):
     assert s_state["model"]["schedulers"] == r_state["model"]["schedulers"]
 
 
+def _log_once_past(exp: Path, marker: str, seconds: float) -> Path:
+    """The run's log file, once it holds ``marker`` (or ``seconds`` have passed)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and not list(exp.glob("train_*.log")):
+        time.sleep(0.2)
+    log_file = next(exp.glob("train_*.log"))
+    while time.time() < deadline and marker not in log_file.read_text():
+        time.sleep(0.2)
+    return log_file
+
+
 def test_stop_flag_counts_a_burst_as_one_request_and_a_later_signal_as_stop_now():
     from train import _StopFlag
 
@@ -88,12 +99,7 @@ def test_group_sigterm_under_torchrun_saves_one_state_on_both_ranks(tmp_path, hr
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     exp = tmp_path / "exp" / "tiny"
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(exp.glob("train_*.log")):
-        time.sleep(0.2)
-    log_file = next(exp.glob("train_*.log"))
-    while time.time() < deadline and "iter 30/" not in log_file.read_text():
-        time.sleep(0.2)
+    log_file = _log_once_past(exp, "iter 30/", 240)
     os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=180)
     text = log_file.read_text()
@@ -114,12 +120,7 @@ def test_ctrl_c_saves_state_and_auto_resume_continues(tmp_path, hr_folder, sig, 
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "200"}, start_new_session=group)
     exp = tmp_path / "exp" / "tiny"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(exp.glob("train_*.log")):
-        time.sleep(0.2)
-    log_file = next(exp.glob("train_*.log"))
-    while time.time() < deadline and "iter 30/" not in log_file.read_text():
-        time.sleep(0.2)
+    log_file = _log_once_past(exp, "iter 30/", 120)
     if group:
         os.killpg(proc.pid, sig)
     else:
