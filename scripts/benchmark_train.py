@@ -102,6 +102,7 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
         if mode == "data":
             return
         model.train_step(batches, iteration)
+        stream.step_done()  # as the training loop does
         loop.ctx.iteration = iteration
         logs = None
         if iteration % print_freq == 0:  # a logging step reads the device once, as in training
