@@ -58,15 +58,19 @@ def replicas_identical(log: str) -> bool | None:
     return found[-1][1] == "True" if found else None
 
 
-def command(opt: str, overrides: list[str], gpus: int, iters: int, print_freq: int, root: Path) -> list[str]:
-    """The train.py command line (under torchrun when ``gpus`` > 1)."""
+def command(opt: str, overrides: list[str], gpus: int, iters: int, print_freq: int, root: Path,
+            numa_binding: str | None = None) -> list[str]:
+    """The train.py command line (under torchrun when ``gpus`` > 1, with its ``--numa-binding``
+    when given)."""
     fixed = [f"train.total_iter={iters}", f"logger.print_freq={print_freq}", f"val.val_freq={iters}",
              f"logger.save_checkpoint_freq={iters}", "logger.use_tb_logger=false",
              f"path.experiments_root={root}", f"name=ddp_bench_{gpus}gpu"]
     args = ["train.py", "-opt", opt] + [a for o in fixed + overrides for a in ("-o", o)]
     if gpus == 1:
         return [sys.executable, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *args]
+    binding = [f"--numa-binding={numa_binding}"] if numa_binding else []
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", *binding,
+            *args]
 
 
 def _siblings(cpu: int) -> frozenset[int]:
@@ -161,14 +165,19 @@ def main(argv: list[str] | None = None) -> int:
                              "files side by side on a two-GPU machine); scaling needs both")
     parser.add_argument("--pin", action="store_true",
                         help="hold each process to its own share of the physical cores (launched without torchrun)")
+    parser.add_argument("--numa-binding", choices=("node", "socket", "exclusive", "core-complex"),
+                        help="torchrun's CPU binding for the multi-GPU run (exclusive: each rank its own cores "
+                             "near its GPU); not with --pin")
     parser.add_argument("--json", help="append the result as one JSON line to this file")
     args = parser.parse_args(argv)
+    if args.pin and args.numa_binding:
+        parser.error("--pin and --numa-binding both bind the ranks to CPUs: choose one")
     counts = {"both": (1, args.gpus), "one": (1,), "multi": (args.gpus,)}[args.stage]
     root = Path(tempfile.mkdtemp(prefix="ddp_bench_"))
     try:
         rates, identical = {}, None
         for gpus in counts:
-            cmd = command(args.opt, args.override, gpus, args.iters, args.print_freq, root)
+            cmd = command(args.opt, args.override, gpus, args.iters, args.print_freq, root, args.numa_binding)
             if args.pin:
                 log = run_pinned(cmd[:1] + cmd[cmd.index("train.py"):], gpus, args.gpus)
             else:
@@ -180,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     result = {"option_file": args.opt, "overrides": args.override, "iters": args.iters, "gpus": args.gpus,
               "one_gpu_it_per_s": rates.get(1), "per_rank_it_per_s": rates.get(args.gpus),
-              "replicas_identical": identical, "pinned": args.pin}
+              "replicas_identical": identical, "pinned": args.pin,
+              "numa_binding": args.numa_binding}
     if len(rates) == 2:
         result["scaling"] = args.gpus * rates[args.gpus] / rates[1]
     emit(result, args.json)

@@ -42,6 +42,11 @@ def test_ddp_commands_run_train_py_alone_and_under_torchrun(tmp_path):
     for expected in ("train.total_iter=3000", "val.val_freq=3000", "logger.print_freq=250", "amp=bf16"):
         assert one[one.index(expected) - 1] == "-o"
     assert one[-1] == "amp=bf16"  # the user's overrides come last and win
+    bound = benchmark_ddp.command("a.yml", [], 2, 3000, 250, tmp_path, numa_binding="exclusive")
+    assert bound[5] == "--numa-binding=exclusive" and bound[6] == "train.py"
+    assert "--numa-binding=exclusive" not in benchmark_ddp.command("a.yml", [], 1, 3000, 250, tmp_path, "exclusive")
+    with pytest.raises(SystemExit):
+        benchmark_ddp.main(["-opt", "a.yml", "--pin", "--numa-binding", "node"])
 
 
 def test_benchmark_train_measures_every_mode_in_one_run(tmp_path, hr_folder):
