@@ -121,17 +121,23 @@ class EDSR(nn.Module):
             return out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
         return out + self.mean_out
 
-    def after_warm_start(self, source: dict | None) -> str | None:
-        """After a warm start: a residual network (``residual_output``) loaded from one that was
-        not has a ``conv_last`` that paints the whole image, which added to the nearest upscale
-        doubles it. Zeroing it starts the network at the nearest baseline instead."""
-        if not self.residual_output or source is None or source.get("residual_output", False):
+    def after_warm_start(self, source: dict | None, renewed: list[str]) -> str | None:
+        """After a warm start, a residual network (``residual_output``) whose ``conv_last`` did not
+        come from a residual network of this scale starts it at zero, so it starts at the nearest
+        baseline. Loaded from a non-residual network, ``conv_last`` paints the whole image, which
+        added to the nearest upscale doubles it; renewed across scales, it adds noise."""
+        if not self.residual_output:
+            return None
+        if "conv_last.weight" in renewed:
+            why = "it is new at this scale"
+        elif source is not None and not source.get("residual_output", False):
+            why = "the weights come from a network without residual_output"
+        else:
             return None
         with torch.no_grad():
             self.conv_last.weight.zero_()
             self.conv_last.bias.zero_()
-        return ("conv_last zeroed: the weights come from a network without residual_output, so this one "
-                "starts at the nearest-neighbour upscale")
+        return f"conv_last zeroed ({why}): the network starts at the nearest-neighbour upscale"
 
     @classmethod
     def adapt_state_dict(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

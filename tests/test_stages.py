@@ -512,3 +512,29 @@ def test_residual_network_warm_started_from_a_plain_one_starts_at_nearest(tmp_pa
     same_depth = EDSR(num_feat=8, num_block=1, scale=2, residual_output=True)
     load_network(same_depth, plain_file, strict=True)  # the user asked for these exact weights
     assert torch.equal(same_depth.conv_last.weight, plain.conv_last.weight)
+
+
+def test_residual_network_warm_started_across_scales_starts_at_nearest(tmp_path):
+    """The x4 tail stage's case: the x2 trunk's weights into a residual x4 network. The renewed
+    conv_last starts at zero, so the output is exactly the x4 nearest upscale; a plain x4 network
+    keeps its renewed conv_last as initialised."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x2 = EDSR(num_feat=8, num_block=1, scale=2, residual_output=True)
+    path = tmp_path / "x2.safetensors"
+    save_network(x2, path, network_metadata({"type": "EDSR", "num_feat": 8, "num_block": 1,
+                                             "residual_output": True}, scale=2))
+    x4 = EDSR(num_feat=8, num_block=1, scale=4, residual_output=True)
+    report = load_network(x4, path, strict=False)
+    assert "conv_last.weight" in report.renewed and "conv_last zeroed (it is new at this scale)" in report.summary()
+    x = torch.rand(1, 3, 5, 4)
+    with torch.no_grad():
+        assert torch.equal(x4(x), F.interpolate(x, scale_factor=4, mode="nearest"))
+    assert torch.equal(x4.body[0].conv1.weight, x2.body[0].conv1.weight)
+
+    torch.manual_seed(5)
+    plain = EDSR(num_feat=8, num_block=1, scale=4)
+    initial = plain.conv_last.weight.clone()
+    report = load_network(plain, path, strict=False)
+    assert "zeroed" not in report.summary() and torch.equal(plain.conv_last.weight, initial)
