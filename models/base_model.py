@@ -90,6 +90,8 @@ class BaseModel(ValidationMixin):
                 problems.append(("train.scheduler.monitor", f"'{sched['monitor']}' is not a val.metrics name"))
             if sched and getattr(SCHEDULER_REGISTRY.get(sched["type"]), "watches_metric", False) and not metrics:
                 problems.append(("train.scheduler", f"{sched['type']} watches a validation metric: add val.metrics"))
+        if cls.no_tta_reason and opt.val is not None and opt.val.tta:
+            problems.append(("val.tta", f"{cls.no_tta_reason}: {cls.__name__} is scored without TTA"))
         for name, mopt in metrics.items():
             if mopt.get("output") and mopt["output"] not in cls.outputs:
                 problems.append((f"val.metrics.{name}.output",

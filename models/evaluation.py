@@ -168,8 +168,9 @@ def check_test_options(opt: Options, specs: Sequence[ModelSpec] = ()) -> list[tu
             problems.append(("models", f"two models are named '{name}' ({where}); give each model its own name"))
         if name in (".", "..") or any(c in name for c in "/\\"):
             problems.append(("models", f"{where}: the name '{name}' names a folder; use no / or \\"))
-    if not runner_cls.supports_tta:
-        problems += [(s.where, f"tta: {opt.model_type}'s outputs cannot be scored with TTA") for s in specs if s.tta]
+    if runner_cls.no_tta_reason:
+        problems += [(s.where, f"tta: {opt.model_type}'s outputs cannot be scored with TTA: {runner_cls.no_tta_reason}")
+                     for s in specs if s.tta]
     if opt.val is None or not opt.val.metrics:
         problems.append(("val.metrics", "name at least one metric, e.g. psnr: {type: calculate_psnr}"))
     return problems

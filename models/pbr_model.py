@@ -96,7 +96,7 @@ class PBRModel(SRGANModel):
     loss_tensors: ClassVar[frozenset[str]] = frozenset({*MAPS, *(f"{m}_gt" for m in MAPS), "views"})
     outputs: ClassVar[tuple[str, ...]] = (*MAPS, "maps")
     baseline_names: ClassVar[tuple[str, ...]] = ("mean maps", "view 0 + flat normal")
-    supports_tta: ClassVar[bool] = False  # flipping the views does not flip the normals they imply
+    no_tta_reason: ClassVar[str | None] = "flipping the views does not flip the normals they imply"
     loss_log_names: ClassVar[tuple[str, str]] = ("losses", "losses/total")
     option_fields: ClassVar[dict[str, tuple[Any, Any]]] = {
         "network_d": (NETWORK | None, Field(None, description="the discriminator over the stacked maps "
@@ -124,9 +124,6 @@ class PBRModel(SRGANModel):
                     problems.append((f"train.{key}", "required with network_d"))
         if opt.network_d is None and t is not None and t.gan is not None:
             problems.append(("train.gan", "an adversarial loss needs network_d (the discriminator)"))
-        if opt.val is not None and opt.val.tta:
-            problems.append(("val.tta", "flipping the views does not flip the normals they imply: PBRModel "
-                             "is scored without TTA"))
         return problems
 
     def gan_schedule(self) -> tuple[int, int, int]:

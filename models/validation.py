@@ -25,8 +25,9 @@ class ValidationMixin:
     #: the names :meth:`baseline_methods` returns, known before any data is read (test.py checks
     #: that no model takes one of them)
     baseline_names: ClassVar[tuple[str, ...]] = ()
-    #: whether 8-way flip/rotation TTA is valid for the runner's outputs
-    supports_tta: ClassVar[bool] = True
+    #: why 8-way flip/rotation TTA is not valid for the runner's outputs (None: it is); train.py
+    #: refuses val.tta and test.py a tta: model with this reason
+    no_tta_reason: ClassVar[str | None] = None
 
     # --------------------------------------------------------------- inference
 
