@@ -104,7 +104,7 @@ def run_pinned(cmd: list[str], gpus: int, parts: int) -> str:
     slices = cpu_slices(list(os.sched_getaffinity(0)), parts)
     if gpus == 1:
         return run(cmd, 1, slices[0])
-    env = dict(os.environ, COLUMNS="250", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env = _child_env()
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         procs = []
@@ -137,11 +137,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run(cmd: list[str], gpus: int, cpus: list[int] | None = None) -> str:
+def _child_env() -> dict[str, str]:
     # One log line per line (rich wraps at the terminal width). torchrun gives every rank one
     # OpenMP thread unless OMP_NUM_THREADS is set; the one-GPU run gets the same, so the two
     # differ only in the number of processes.
-    env = dict(os.environ, COLUMNS="250", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    return dict(os.environ, COLUMNS="250", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def run(cmd: list[str], gpus: int, cpus: list[int] | None = None) -> str:
+    env = _child_env()
     if gpus == 1:
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None

@@ -3,19 +3,12 @@ computed by hand."""
 
 from __future__ import annotations
 
-import socket
-
 import torch
 import torch.distributed as td
 import torch.multiprocessing as mp
 
+from tests.test_ddp import _free_port
 from utils import dist
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _params(rank: int) -> dict[str, torch.nn.Parameter]:
