@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from torch.nn import functional as F
 
 from archs.arch_blocks import PixelShuffleUpsampler, check_scale, conv3x3
 from utils.registry import ARCH_REGISTRY
+
+if TYPE_CHECKING:
+    from utils.weights import LoadReport
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -121,23 +124,41 @@ class EDSR(nn.Module):
             return out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
         return out + self.mean_out
 
-    def after_warm_start(self, source: dict | None, renewed: list[str]) -> str | None:
-        """After a warm start, a residual network (``residual_output``) whose ``conv_last`` did not
-        come from a residual network of this scale starts it at zero, so it starts at the nearest
-        baseline. Loaded from a non-residual network, ``conv_last`` paints the whole image, which
-        added to the nearest upscale doubles it; renewed across scales, it adds noise."""
-        if not self.residual_output:
-            return None
-        if "conv_last.weight" in renewed:
+    def after_warm_start(self, source: dict | None, report: LoadReport) -> str | None:
+        """Adjust a warm-started network for where its weights came from (``source``: the file's
+        recorded network options, or None).
+
+        - Residual blocks the file did not have (a deeper network, e.g. 16 -> 32 blocks) start
+          as the identity, their ``conv2`` zeroed: the grown network computes exactly what the
+          loaded one did. Left random they would add noise to every feature, and a stage that
+          freezes the trunk (``tail_only``) would keep that noise for good.
+        - A residual network (``residual_output``) whose ``conv_last`` did not come from a
+          residual network of this scale starts it at zero, so it starts at the nearest
+          baseline. Loaded from a non-residual network, ``conv_last`` paints the whole image,
+          which added to the nearest upscale doubles it; renewed across scales, it adds noise.
+        """
+        notes = []
+        missing = set(report.missing)
+        new_blocks = [i for i, block in enumerate(self.body)
+                      if f"body.{i}.conv1.weight" in missing and f"body.{i}.conv2.weight" in missing]
+        if new_blocks and report.loaded:
+            with torch.no_grad():
+                for i in new_blocks:
+                    self.body[i].conv2.weight.zero_()
+                    self.body[i].conv2.bias.zero_()
+            span = f"{new_blocks[0]}-{new_blocks[-1]}" if len(new_blocks) > 1 else str(new_blocks[0])
+            notes.append(f"new residual blocks body.{span} start as the identity (conv2 zeroed)")
+        why = None
+        if self.residual_output and "conv_last.weight" in report.renewed:
             why = "it is new at this scale"
-        elif source is not None and not source.get("residual_output", False):
+        elif self.residual_output and source is not None and not source.get("residual_output", False):
             why = "the weights come from a network without residual_output"
-        else:
-            return None
-        with torch.no_grad():
-            self.conv_last.weight.zero_()
-            self.conv_last.bias.zero_()
-        return f"conv_last zeroed ({why}): the network starts at the nearest-neighbour upscale"
+        if why:
+            with torch.no_grad():
+                self.conv_last.weight.zero_()
+                self.conv_last.bias.zero_()
+            notes.append(f"conv_last zeroed ({why}): the network starts at the nearest-neighbour upscale")
+        return "; ".join(notes) or None
 
     @classmethod
     def adapt_state_dict(cls, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

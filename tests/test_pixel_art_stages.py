@@ -100,6 +100,8 @@ def test_the_x2_tail_stage_keeps_the_loaded_trunk_and_trains_the_tail(chain):
     assert torch.equal(best["body.15.conv2.weight"], generic["body.15.conv2.weight"])
     assert torch.equal(best["conv_first.weight"], generic["conv_first.weight"])
     assert not torch.equal(best["conv_last.weight"], generic["conv_last.weight"])  # the tail trained
+    # the 16 new blocks start as the identity, and stay so while the trunk is frozen
+    assert best["body.16.conv2.weight"].abs().sum() == 0 and best["body.31.conv2.bias"].abs().sum() == 0
 
 
 def test_the_x4_tail_stage_takes_the_x2_trunk_and_a_fresh_upsampler(chain):
@@ -114,7 +116,9 @@ def test_the_x4_tail_stage_takes_the_x2_trunk_and_a_fresh_upsampler(chain):
 def test_trunk_stages_train_the_trunk(chain):
     for before, after in (("x2_tail", "x2_trunk"), ("x4_tail", "x4_trunk")):
         a, b = _best(chain["exp"], before), _best(chain["exp"], after)
-        assert not torch.equal(a["body.20.conv1.weight"], b["body.20.conv1.weight"]), after
+        # a loaded block and one the x2 tail added (it started as the identity: conv2 zero)
+        for key in ("body.0.conv1.weight", "body.20.conv2.weight"):
+            assert not torch.equal(a[key], b[key]), (after, key)
 
 
 def test_test_py_scores_every_stage_in_one_table(chain, tmp_path):

@@ -507,11 +507,38 @@ def test_residual_network_warm_started_from_a_plain_one_starts_at_nearest(tmp_pa
                                                      "residual_output": True}, scale=2))
     again = EDSR(num_feat=8, num_block=2, scale=2, residual_output=True)
     report = load_network(again, res_file, strict=False)
-    assert "zeroed" not in report.summary() and torch.equal(again.conv_last.weight, source.conv_last.weight)
+    assert "conv_last zeroed" not in report.summary() and torch.equal(again.conv_last.weight, source.conv_last.weight)
 
     same_depth = EDSR(num_feat=8, num_block=1, scale=2, residual_output=True)
     load_network(same_depth, plain_file, strict=True)  # the user asked for these exact weights
     assert torch.equal(same_depth.conv_last.weight, plain.conv_last.weight)
+
+
+def test_deeper_edsr_warm_started_from_a_shallower_one_computes_the_same(tmp_path):
+    """The 16 -> 32 block growth of the x2 tail stage: the blocks the file lacks start as the
+    identity (conv2 zero), so the grown network's output equals the loaded network's, and a
+    frozen trunk carries no random blocks. Loaded blocks keep their conv2; a load of equal depth
+    zeroes nothing."""
+    torch.manual_seed(0)
+    small = EDSR(num_feat=8, num_block=2, scale=2)
+    path = tmp_path / "small.safetensors"
+    save_network(small, path, network_metadata({"type": "EDSR", "num_feat": 8, "num_block": 2}, scale=2))
+    torch.manual_seed(1)
+    grown = EDSR(num_feat=8, num_block=5, scale=2)
+    report = load_network(grown, path, strict=False)
+    assert "new residual blocks body.2-4 start as the identity" in report.summary()
+    assert "body.4.conv1.weight" in report.missing
+    x = torch.rand(1, 3, 7, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x), small(x), rtol=0, atol=1e-6)
+    assert torch.equal(grown.body[1].conv2.weight, small.body[1].conv2.weight)
+    assert not grown.body[3].conv1.weight.eq(0).all()  # only conv2 is zeroed: conv1 learns once conv2 moves
+    assert grown.body[3].conv2.weight.abs().sum() == 0 and grown.body[3].conv2.bias.abs().sum() == 0
+
+    torch.manual_seed(2)
+    same = EDSR(num_feat=8, num_block=2, scale=2)
+    report = load_network(same, path, strict=False)
+    assert "identity" not in report.summary() and torch.equal(same.body[1].conv2.weight, small.body[1].conv2.weight)
 
 
 def test_residual_network_warm_started_across_scales_starts_at_nearest(tmp_path):

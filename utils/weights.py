@@ -429,10 +429,10 @@ def load_network(
     non-strict load into it loads what fits, as for any other warm start.
 
     After a non-strict load from a file, the arch's optional ``after_warm_start(source_options,
-    renewed)`` hook (the file's recorded network section or None, and the keys renewed across
-    scales) may adjust the network for where its weights came from; its message joins the report
-    (EDSR: a residual network whose last conv did not come from a residual network of its scale
-    starts that conv at zero).
+    report)`` hook (the file's recorded network section or None, and this report) may adjust the
+    network for where its weights came from; its message joins the report (EDSR: new residual
+    blocks start as the identity; a residual network whose last conv did not come from a residual
+    network of its scale starts that conv at zero).
     """
     source = "state dict" if isinstance(path, Mapping) else str(path)
     raw = dict(path) if isinstance(path, Mapping) else read_weights(path)
@@ -471,7 +471,7 @@ def load_network(
     hook = getattr(target, "after_warm_start", None)
     if not strict and callable(hook) and not isinstance(path, Mapping):
         # the arch may adjust for what its source network was (its recorded options, if any)
-        note = hook(arch_from_metadata(read_metadata(path)), report.renewed)
+        note = hook(arch_from_metadata(read_metadata(path)), report)
         if note:
             report.note = f"{report.note}; {note}" if report.note else note
     return report
