@@ -137,27 +137,27 @@ class EDSR(nn.Module):
           baseline. Loaded from a non-residual network, ``conv_last`` paints the whole image,
           which added to the nearest upscale doubles it; renewed across scales, it adds noise.
         """
-        notes = []
+        notes, zeroed = [], []
         missing = set(report.missing)
-        new_blocks = [i for i, block in enumerate(self.body)
+        new_blocks = [i for i in range(len(self.body))
                       if f"body.{i}.conv1.weight" in missing and f"body.{i}.conv2.weight" in missing]
         if new_blocks and report.loaded:
-            with torch.no_grad():
-                for i in new_blocks:
-                    self.body[i].conv2.weight.zero_()
-                    self.body[i].conv2.bias.zero_()
+            zeroed += [self.body[i].conv2 for i in new_blocks]
             span = f"{new_blocks[0]}-{new_blocks[-1]}" if len(new_blocks) > 1 else str(new_blocks[0])
             notes.append(f"new residual blocks body.{span} start as the identity (conv2 zeroed)")
         why = None
-        if self.residual_output and "conv_last.weight" in report.renewed:
-            why = "it is new at this scale"
-        elif self.residual_output and source is not None and not source.get("residual_output", False):
-            why = "the weights come from a network without residual_output"
+        if self.residual_output:
+            if "conv_last.weight" in report.renewed:
+                why = "it is new at this scale"
+            elif source is not None and not source.get("residual_output", False):
+                why = "the weights come from a network without residual_output"
         if why:
-            with torch.no_grad():
-                self.conv_last.weight.zero_()
-                self.conv_last.bias.zero_()
+            zeroed.append(self.conv_last)
             notes.append(f"conv_last zeroed ({why}): the network starts at the nearest-neighbour upscale")
+        with torch.no_grad():
+            for conv in zeroed:
+                conv.weight.zero_()
+                conv.bias.zero_()
         return "; ".join(notes) or None
 
     @classmethod

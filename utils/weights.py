@@ -338,19 +338,18 @@ def adapt_state_dict(net: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, t
     return dict(hook(sd)) if callable(hook) else sd
 
 
-def _recorded_scale(path: str | Path | Mapping, sd: dict[str, torch.Tensor], target: nn.Module,
+def _recorded_scale(meta: Mapping[str, str], sd: dict[str, torch.Tensor], target: nn.Module,
                     infer: bool) -> int | None:
-    """The scale the weights were trained at: the file's metadata (every file upforge writes records
-    it), else, with ``infer``, what :func:`infer_arch` reads from the keys when they are of the
-    target's arch (a guess for RRDBNet files whose bands differ, so strict loads do not use it);
-    None when unknown."""
-    if not isinstance(path, Mapping):
-        recorded = read_metadata(path).get("scale")
-        if recorded is not None:
-            try:
-                return int(recorded)
-            except ValueError:
-                return None
+    """The scale the weights were trained at: the file's metadata ``meta`` (every file upforge
+    writes records it), else, with ``infer``, what :func:`infer_arch` reads from the keys when they
+    are of the target's arch (a guess for RRDBNet files whose bands differ, so strict loads do not
+    use it); None when unknown."""
+    recorded = meta.get("scale")
+    if recorded is not None:
+        try:
+            return int(recorded)
+        except ValueError:
+            return None
     if not infer:
         return None
     try:
@@ -436,6 +435,7 @@ def load_network(
     """
     source = "state dict" if isinstance(path, Mapping) else str(path)
     raw = dict(path) if isinstance(path, Mapping) else read_weights(path)
+    meta = {} if isinstance(path, Mapping) else read_metadata(path)
     sd = unwrap_state_dict(raw, param_key)
     target = unwrap_model(net)
     report = LoadReport()
@@ -449,7 +449,7 @@ def load_network(
                 report.renamed[k] = new_name[id(v)]
         sd = adapted
     own = target.state_dict()
-    recorded = _recorded_scale(path, sd, target, infer=cross_scale or not strict)
+    recorded = _recorded_scale(meta, sd, target, infer=cross_scale or not strict)
     if _scale_change(source, target, recorded, cross_scale, strict, report):
         sd = _split_off_tail(sd, own, _tail_of(target), report)
     usable = {}
@@ -471,7 +471,7 @@ def load_network(
     hook = getattr(target, "after_warm_start", None)
     if not strict and callable(hook) and not isinstance(path, Mapping):
         # the arch may adjust for what its source network was (its recorded options, if any)
-        note = hook(arch_from_metadata(read_metadata(path)), report)
+        note = hook(arch_from_metadata(meta), report)
         if note:
             report.note = f"{report.note}; {note}" if report.note else note
     return report
