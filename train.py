@@ -268,6 +268,7 @@ def train(opt_path: str | Path, overrides: list[str] | tuple[str, ...] = (), aut
         stop.restore()
         if loop.stream is not None:
             loop.stream.shutdown()  # batch thread and data workers stop before the process does
+        model.release_step_graph()
         writers.close(failed=failed)
     iteration = results["iter"]
     results.update({"metrics": loop.metrics, "best": model.best, "experiment_dir": str(exp)})

@@ -59,6 +59,8 @@ class BaseModel(ValidationMixin):
     loss_tensors: ClassVar[frozenset[str]] = frozenset()
     #: validation outputs (metrics score the first unless they name another with ``output``)
     outputs: ClassVar[tuple[str, ...]] = ()
+    #: why the runner's step cannot be replayed as a CUDA graph (None: it can); refuses cuda_graph
+    no_step_graph_reason: ClassVar[str | None] = None
 
     @classmethod
     def check_options(cls, opt: Options) -> list[tuple[str, str]]:
@@ -90,6 +92,8 @@ class BaseModel(ValidationMixin):
                 problems.append(("train.scheduler.monitor", f"'{sched['monitor']}' is not a val.metrics name"))
             if sched and getattr(SCHEDULER_REGISTRY.get(sched["type"]), "watches_metric", False) and not metrics:
                 problems.append(("train.scheduler", f"{sched['type']} watches a validation metric: add val.metrics"))
+        if opt.cuda_graph:
+            problems.extend(("cuda_graph", p) for p in cls.step_graph_problems(opt))
         if cls.no_tta_reason and opt.val is not None and opt.val.tta:
             problems.append(("val.tta", f"{cls.no_tta_reason}: {cls.__name__} is scored without TTA"))
         for name, mopt in metrics.items():
@@ -108,7 +112,25 @@ class BaseModel(ValidationMixin):
             problems.append(("logger.keep_best.metric", f"'{keep.metric}' is not a val.metrics name"))
         return problems
 
+    @classmethod
+    def step_graph_problems(cls, opt: Options) -> list[str]:
+        """Why ``cuda_graph: true`` cannot work with these options (empty: it can)."""
+        problems = []
+        if cls.no_step_graph_reason:
+            problems.append(f"{cls.no_step_graph_reason}: {cls.__name__} steps without a CUDA graph")
+        if opt.amp == "fp16":
+            problems.append("amp: fp16 scales the loss and checks the gradients on the host every step; use amp: "
+                            "bf16 or none with cuda_graph")
+        if opt.compile in ("reduce-overhead", "max-autotune"):
+            problems.append(f"compile: {opt.compile} replays its own CUDA graphs of the network, which cannot sit "
+                            "inside the step's graph; use compile: true or max-autotune-no-cudagraphs")
+        if opt.device in ("cpu", "mps"):
+            problems.append(f"CUDA graphs need a CUDA GPU, and device is {opt.device}")
+        return problems
+
     def __init__(self, opt: Options, device: torch.device) -> None:
+        if opt.cuda_graph and device.type != "cuda":
+            raise RuntimeError(f"cuda_graph: true needs a CUDA GPU, and this run is on {device}; set cuda_graph: false")
         self.opt = opt
         self.device = device
         self.log = get_logger()
@@ -139,6 +161,7 @@ class BaseModel(ValidationMixin):
         # False for steps that must stay rank-local (an automation's trial step)
         self.sync_gradients = True
         self._running_stats_nets: list[str] = []  # trained networks with batch-norm statistics
+        self.step_graph: Any = None  # cuda_graph: the StepGraph, made at the first step
 
     # ------------------------------------------------------------------ building
 
@@ -193,11 +216,27 @@ class BaseModel(ValidationMixin):
         params = trainable_params(net if params is None else params, name)
         kwargs = {k: v for k, v in optim_opt.items() if k != "type"}
         self.optimizers[key] = OPTIMIZER_REGISTRY.get(optim_opt["type"])(params, **kwargs)
+        if self.opt.cuda_graph and "capturable" not in self.optimizers[key].defaults:
+            raise RuntimeError(f"cuda_graph: the optimiser {optim_opt['type']} cannot step inside a CUDA graph (it "
+                               "has no capturable mode); use Adam or AdamW, or cuda_graph: false")
+        self._make_capturable(self.optimizers[key])
         self.trained_nets[key] = name
         self.grad_clip[key] = grad_clip
         if sched_opt is not None:
             kwargs = {k: v for k, v in sched_opt.items() if k != "type"}
             self.schedulers[key] = SCHEDULER_REGISTRY.get(sched_opt["type"])(self.optimizers[key], **kwargs)
+
+    def _make_capturable(self, optimizer: torch.optim.Optimizer) -> None:
+        """Under ``cuda_graph``: the optimiser's step count and bias correction on the device, as a
+        capture needs (also after loading a state saved without cuda_graph)."""
+        if not self.opt.cuda_graph:
+            return
+        for group in optimizer.param_groups:
+            group["capturable"] = True
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].to(p.device, torch.float32)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -211,7 +250,7 @@ class BaseModel(ValidationMixin):
         if loss is None:
             return
         self._nonfinite |= ~torch.isfinite(loss.detach())
-        self.scaler.scale(loss / micro_batches).backward()
+        self.scaler.scale(loss / micro_batches if micro_batches > 1 else loss).backward()
         self._has_grad.add(key)
 
     def optimizer_step(self, key: str) -> None:
@@ -256,7 +295,42 @@ class BaseModel(ValidationMixin):
             scheduler.step()
 
     def train_step(self, batches: list[dict[str, Any]], iteration: int) -> None:
+        """One optimiser step: :meth:`update` then :meth:`end_step`, replayed as a CUDA graph under
+        ``cuda_graph`` (``models.step_graph``)."""
+        if self.opt.cuda_graph:
+            if self.step_graph is None:
+                from models.step_graph import StepGraph
+
+                self.step_graph = StepGraph(self)
+            self.step_graph(batches, iteration)
+            return
+        self.update(batches, iteration)
+        self.end_step(iteration)
+
+    def release_step_graph(self) -> None:
+        """Free the captured steps. Before the process group closes: NCCL waits for the graphs that
+        hold its collectives, so closing it first would never return."""
+        if self.step_graph is not None:
+            torch.cuda.synchronize(self.device)
+            self.step_graph = None
+
+    def update(self, batches: list[dict[str, Any]], iteration: int) -> None:
+        """The step up to and including the optimisers (forward, losses, backward, ``optimizer_step``).
+        Under ``cuda_graph`` it is captured once per :meth:`step_signature`, so it must not read
+        device values on the host, and every host decision must be named by the signature."""
         raise NotImplementedError
+
+    def step_signature(self, batches: list[dict[str, Any]], iteration: int) -> tuple:
+        """What :meth:`update` decides on the host at ``iteration``: a captured step replays only
+        where this is the same. Here: the batch tensors' layout, which parameters train (an
+        automation may freeze or thaw some), whether gradients are averaged and whether
+        ``train_metrics`` are logged."""
+        layout = tuple(tuple((k, tuple(v.shape), tuple(v.stride()), v.dtype, v.device) for k, v in sorted(b.items())
+                             if isinstance(v, torch.Tensor)) for b in batches)
+        trainable = tuple(p.requires_grad for name in self.trained_nets.values() for p in self.nets[name].parameters())
+        t = self.opt.train
+        logs_metrics = bool(t.train_metrics) and iteration % self.opt.logger.print_freq == 0
+        return layout, trainable, self.sync_gradients, logs_metrics
 
     # --------------------------------------------------------------------- logs
 
@@ -316,15 +390,21 @@ class BaseModel(ValidationMixin):
         went non-finite."""
         self.check_finite(iteration)
         logs = {}
-        if self._log_sums:
-            keys = list(self._log_sums)
+        keys = [k for k in self._log_sums if self._log_counts[k]]
+        if keys:
             values = torch.stack([self._log_sums[k] / self._log_counts[k] for k in keys])
             if dist.is_dist():
                 torch.distributed.all_reduce(values)
                 values /= dist.get_world_size()
             logs = dict(zip(keys, values.cpu().tolist()))
-        self._log_sums.clear()
-        self._log_counts.clear()
+        if self.opt.cuda_graph:
+            # captured steps add into these very tensors: empty them, keep them
+            for key, value in self._log_sums.items():
+                value.zero_()
+                self._log_counts[key] = 0
+        else:
+            self._log_sums.clear()
+            self._log_counts.clear()
         logs.update(self.status_scalars(iteration))
         return logs
 
@@ -375,6 +455,7 @@ class BaseModel(ValidationMixin):
             self.ema.load_state_dict(state["ema"])
         for k, sd in state["optimizers"].items():
             self.optimizers[k].load_state_dict(sd)
+            self._make_capturable(self.optimizers[k])
         for k, sd in state["schedulers"].items():
             if k in self.schedulers:
                 self.schedulers[k].load_state_dict(sd)

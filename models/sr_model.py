@@ -80,8 +80,9 @@ class SRModel(BaseModel):
             sr = net(batch["lq"])
         return sr, {"sr": sr, "gt": batch["gt"], "lq": batch["lq"]}
 
-    def train_step(self, batches: list[dict[str, torch.Tensor]], iteration: int) -> None:
-        """One optimiser step over ``accumulate_grad_batches`` micro-batches (no host sync)."""
+    def update(self, batches: list[dict[str, torch.Tensor]], iteration: int) -> None:
+        """Forward, losses and backward over ``accumulate_grad_batches`` micro-batches, then the
+        optimiser (no host sync)."""
         net = self.train_nets["net_g"]
         for batch in batches:
             sr, tensors = self.generate(net, batch)
@@ -89,7 +90,11 @@ class SRModel(BaseModel):
             self.backward(loss, "g", len(batches))
         self.log_train_metrics(sr, batch["gt"], iteration)
         self.optimizer_step("g")
-        self.end_step(iteration)
+
+    def step_signature(self, batches: list[dict[str, torch.Tensor]], iteration: int) -> tuple:
+        """Besides the base's: each loss term's weight at ``iteration`` (a weight of 0 skips the term)."""
+        weights = tuple(term.weight_at(iteration) * term.multiplier for term in self.losses.terms)
+        return (*super().step_signature(batches, iteration), weights)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

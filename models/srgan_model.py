@@ -41,6 +41,8 @@ class SRGANModel(SRModel):
     ``training/adv_loss_weight``, ``lr_net_g``, ``lr_net_d`` and ``EMA/*``.
     """
 
+    no_step_graph_reason: ClassVar[str | None] = ("which networks step, and with which losses, changes with the GAN "
+                                                  "phase, and the discriminator's step reads the generator's")
     option_fields: ClassVar[dict[str, tuple[Any, Any]]] = {
         "network_d": (NETWORK, Field(..., description="the discriminator network")),
         "path": (GANPathOptions, Field(GANPathOptions(), description="where weights are loaded from and runs are "

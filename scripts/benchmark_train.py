@@ -93,6 +93,7 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
         loop.hook("on_train_start")
     fixed = [stream.next() for _ in range(accumulate)]
     iteration = 0
+    checking = False  # --sync-debug is raising now (timed steps, not the warm-up)
 
     def step(mode: str) -> None:
         nonlocal iteration
@@ -106,17 +107,19 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
         loop.ctx.iteration = iteration
         logs = None
         if iteration % print_freq == 0:  # a logging step reads the device once, as in training
-            if sync_debug and device.type == "cuda":
+            if checking:
                 torch.cuda.set_sync_debug_mode("default")
             logs = model.pop_logs(iteration)
-            if sync_debug and device.type == "cuda":
+            if checking:
                 torch.cuda.set_sync_debug_mode("error")
         loop.hook("on_step_end", logs)
 
-    def timed(mode: str, count: int) -> tuple[float, list[float]]:
+    def timed(mode: str, count: int, check_sync: bool = True) -> tuple[float, list[float]]:
         """Wall time of ``count`` steps, and each step's host time (see :func:`step_time_summary`)."""
+        nonlocal checking
+        check_sync = checking = check_sync and sync_debug and device.type == "cuda"
         _sync(device)
-        if sync_debug and device.type == "cuda":
+        if check_sync:
             # Any host-device synchronisation inside the timed steps now raises instead of stalling.
             torch.cuda.set_sync_debug_mode("error")
         durations = []
@@ -126,12 +129,15 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
             now = time.perf_counter()
             durations.append(now - last)
             last = now
-        if sync_debug and device.type == "cuda":
+        if check_sync:
             torch.cuda.set_sync_debug_mode("default")
+        checking = False
         _sync(device)
         return time.perf_counter() - start, durations
 
-    timed("full" if trains else "data", warmup)  # compiles, autotunes, fills the workers' queues
+    # compiles, autotunes, captures (cuda_graph), fills the workers' queues: compilation may
+    # synchronise, so --sync-debug checks the timed steps only
+    timed("full" if trains else "data", warmup, check_sync=False)
     if trains:
         model.pop_logs(iteration)
     train_ds = opt.datasets["train"]
@@ -149,6 +155,7 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
         "amp": opt.amp,
         "channels_last": opt.channels_last,
         "compile": opt.compile,
+        "cuda_graph": opt.cuda_graph,
         "automations": [a.name for a in automations],
         "sync_debug": sync_debug,
         "iters": iters,

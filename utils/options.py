@@ -435,6 +435,9 @@ class Options(_Section):
     channels_last: bool = Field(False, description="channels-last memory format for the networks and batches")
     compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         False, description="torch.compile the trained networks: true (torch's default mode) or a mode name")
+    cuda_graph: bool = Field(False, description="capture the whole training step (forward, losses, backward, "
+                             "optimiser) as a CUDA graph and replay it: the host's cost of a step becomes one "
+                             "launch (CUDA; SRModel; amp none or bf16; Adam or AdamW)")
     tf32: bool = Field(True, description="allow TF32 matrix multiplications and convolutions on CUDA")
     datasets: _component(DATASET_REGISTRY, many="dict", inject=("scale", "phase"), head=LoaderOptions,
                          check=_check_dataset, keys=r"train$|val|test",
