@@ -51,7 +51,6 @@ class StepGraph:
         # one device LR per optimiser group, shared by every graph; refreshed before each replay
         self._lr: dict[tuple[str, int], torch.Tensor] = {}
         self._lr_value: dict[tuple[str, int], float] = {}
-        self._warned = False
 
     def __call__(self, batches: list[dict[str, Any]], iteration: int) -> None:
         model = self.model
@@ -103,8 +102,7 @@ class StepGraph:
         captured = _Captured(graph, static, added)
         self.graphs[signature] = captured
         self.captures += 1
-        if self.captures == RECAPTURE_WARNING and not self._warned:
-            self._warned = True
+        if self.captures == RECAPTURE_WARNING:  # counts only up: said once
             get_logger().warning(
                 f"cuda_graph: the training step was captured {self.captures} times by iteration {iteration} "
                 "because what it computes keeps changing (batch shapes, loss weights); a graph pays off only "

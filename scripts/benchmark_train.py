@@ -117,9 +117,9 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
     def timed(mode: str, count: int, check_sync: bool = True) -> tuple[float, list[float]]:
         """Wall time of ``count`` steps, and each step's host time (see :func:`step_time_summary`)."""
         nonlocal checking
-        check_sync = checking = check_sync and sync_debug and device.type == "cuda"
+        checking = check_sync and sync_debug and device.type == "cuda"
         _sync(device)
-        if check_sync:
+        if checking:
             # Any host-device synchronisation inside the timed steps now raises instead of stalling.
             torch.cuda.set_sync_debug_mode("error")
         durations = []
@@ -129,9 +129,9 @@ def benchmark(opt_path: str, overrides: list[str], iters: int, warmup: int, mode
             now = time.perf_counter()
             durations.append(now - last)
             last = now
-        if check_sync:
+        if checking:
             torch.cuda.set_sync_debug_mode("default")
-        checking = False
+            checking = False
         _sync(device)
         return time.perf_counter() - start, durations
 
