@@ -449,6 +449,9 @@ class BaseModel(ValidationMixin):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Captured steps write the optimiser state and log sums that this replaces (an automation's
+        # trial step loads mid-run): drop them; the next steps warm up and capture again.
+        self.release_step_graph()
         for k, sd in state["nets"].items():
             self.nets[k].load_state_dict(sd)
         if self.ema is not None and state.get("ema") is not None:

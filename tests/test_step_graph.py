@@ -68,6 +68,19 @@ def test_signature_names_the_host_decisions_of_a_step(tmp_path, hr_folder):
     assert model.step_signature([_batch(0)], 7)[-1] == (0.25,)
 
 
+def test_loading_a_state_drops_the_captured_steps(tmp_path, hr_folder, monkeypatch):
+    # the graphs hold the optimiser state and log sums a load replaces: replaying them afterwards
+    # would train on stale tensors while checkpoints saved the new ones
+    model = _model(tmp_path, hr_folder)
+    model.train_step([_batch(0)], 1)
+    state = model.state_dict()
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    model.step_graph = object()  # stands in for a StepGraph (which needs CUDA)
+    model.load_state_dict(state)
+    assert model.step_graph is None and synced == [model.device]
+
+
 def _train(model: SRModel, steps: int, size_at: dict[int, int] | None = None) -> list[dict[str, float]]:
     logs = []
     size = 8
