@@ -137,7 +137,8 @@ class TrainingContext:
         Out-of-memory errors propagate (the caller cleans up with :meth:`release_memory`)."""
         model = self._loop.model
         saved = copy.deepcopy(_to_cpu(model.state_dict()))
-        logs = (dict(model._log_sums), dict(model._log_counts))
+        # copies: the trial's losses add into the running sums in place
+        logs = ({k: v.clone() for k, v in model._log_sums.items()}, dict(model._log_counts))
         try:
             batch = self._loop.stream.sample_batch(batch_size, self.iteration + 1)
             # rank-local: no gradient all-reduce, so one rank's out-of-memory cannot hang the others

@@ -305,3 +305,27 @@ def test_real_cuda_probe_takes_the_largest_batch_under_the_budget(tmp_path, hr_f
     acc = EventAccumulator(str(exp / "tb_logger")).Reload()
     assert acc.Scalars("vram_batch/batch_size")[0].value == chosen
     assert acc.Scalars("vram/peak_gb")[-1].value <= auto["peaks_gb"][chosen]  # training used what the probe saw
+
+
+def test_trial_step_leaves_weights_and_running_log_sums_as_they_were(tmp_path, hr_folder):
+    from models.context import TrainingContext
+    from models.sr_model import SRModel
+
+    torch.manual_seed(0)
+    model = SRModel(load_options(small_train_yaml(tmp_path, hr_folder)), torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    batch = {"lq": torch.rand(2, 3, 8, 8, generator=g), "gt": torch.rand(2, 3, 16, 16, generator=g)}
+    model.train_step([batch], 1)  # a step into the running sums of the next logging step
+    sums = {k: v.clone() for k, v in model._log_sums.items()}
+    counts = dict(model._log_counts)
+    weights = [p.detach().clone() for p in model.net_g.parameters()]
+    loop = SimpleNamespace(model=model, opt=model.opt, stream=SimpleNamespace(sample_batch=lambda n, it: batch))
+    ctx = TrainingContext(loop)
+    ctx.iteration = 1
+    ctx.trial_step(2)
+    assert model._log_counts == counts
+    assert model._log_sums.keys() == sums.keys()
+    for key, value in sums.items():  # the trial's own losses are not in them
+        assert torch.equal(model._log_sums[key], value), key
+    for p, w in zip(model.net_g.parameters(), weights, strict=True):
+        assert torch.equal(p, w)
