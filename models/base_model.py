@@ -397,14 +397,11 @@ class BaseModel(ValidationMixin):
                 torch.distributed.all_reduce(values)
                 values /= dist.get_world_size()
             logs = dict(zip(keys, values.cpu().tolist()))
-        if self.opt.cuda_graph:
-            # captured steps add into these very tensors: empty them, keep them
-            for key, value in self._log_sums.items():
-                value.zero_()
-                self._log_counts[key] = 0
-        else:
-            self._log_sums.clear()
-            self._log_counts.clear()
+        # Emptied in place, not dropped: a captured step (cuda_graph) adds into these very tensors,
+        # and a key with no count since is left out above.
+        for key, value in self._log_sums.items():
+            value.zero_()
+            self._log_counts[key] = 0
         logs.update(self.status_scalars(iteration))
         return logs
 

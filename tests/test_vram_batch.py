@@ -329,3 +329,18 @@ def test_trial_step_leaves_weights_and_running_log_sums_as_they_were(tmp_path, h
         assert torch.equal(model._log_sums[key], value), key
     for p, w in zip(model.net_g.parameters(), weights, strict=True):
         assert torch.equal(p, w)
+
+
+def test_pop_logs_means_each_interval_and_leaves_out_terms_not_logged_since(tmp_path, hr_folder):
+    from models.sr_model import SRModel
+
+    model = SRModel(load_options(small_train_yaml(tmp_path, hr_folder)), torch.device("cpu"))
+    model.log_value("a", torch.tensor(1.0))
+    model.log_value("a", torch.tensor(3.0))
+    model.log_value("b", torch.tensor(4.0))
+    logs = model.pop_logs(1)
+    assert (logs["a"], logs["b"]) == (2.0, 4.0)
+    model.log_value("a", torch.tensor(5.0))  # added into the emptied running sum
+    logs = model.pop_logs(2)
+    assert logs["a"] == 5.0 and "b" not in logs
+    assert "a" not in model.pop_logs(3)
